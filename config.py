@@ -1,0 +1,171 @@
+"""config.py: the run's setup, shared by every script.
+
+One dataclass config per script, overridden from the command line as `--key=value` (nanoGPT style):
+unknown keys are refused with a suggestion, values are type-checked, closed sets of choices are checked.
+Also here: picking the device once, seeding everything from one seed, and the run record that is saved
+next to every output (resolved config, seed, package versions, hardware).
+
+Used as:  cfg = parse(TrainConfig, sys.argv[1:])   or   cli(TrainConfig, main)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import platform
+import random
+import sys
+import types
+import typing
+
+
+class ConfigError(ValueError):
+    """A bad command-line option: the message says what was wrong and how to fix it."""
+
+
+def option(default, help: str, choices: tuple | None = None):
+    """A config field with a help line and, optionally, a closed set of allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _field_type(cls, f) -> type:
+    hints = typing.get_type_hints(cls)
+    t = hints[f.name]
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]  # Optional[X] -> X
+    return t
+
+
+def _convert(cls, f, text: str):
+    t = _field_type(cls, f)
+    if t is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{f.name} expects true or false, got {text!r}")
+    if t in (int, float):
+        try:
+            return t(text)
+        except ValueError:
+            raise ConfigError(f"--{f.name} expects {t.__name__}, got {text!r}") from None
+    if t is str:
+        return text
+    raise ConfigError(f"--{f.name} has type {t} that the command line cannot set")
+
+
+def help_text(cls) -> str:
+    lines = [f"options of {cls.__name__} (use --key=value):"]
+    for f in dataclasses.fields(cls):
+        ch = f.metadata.get("choices")
+        extra = f" choices: {', '.join(map(str, ch))}" if ch else ""
+        lines.append(f"  --{f.name}={f.default!r:<14} {f.metadata.get('help', '')}{extra}")
+    return "\n".join(lines)
+
+
+def parse(cls, argv: list[str]):
+    """Build `cls()` and apply `--key=value` overrides from argv. Raises ConfigError on any bad option."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"options look like --key=value, got {arg!r}. Try --help.")
+        key, text = arg[2:].split("=", 1)
+        key = key.replace("-", "_")
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            hint = f" Did you mean --{near[0]}?" if near else " Try --help for the list."
+            raise ConfigError(f"unknown option --{key} for {cls.__name__}.{hint}")
+        values[key] = _convert(cls, fields[key], text)
+    cfg = cls(**values)
+    check(cfg)
+    return cfg
+
+
+def check(cfg) -> None:
+    """Check types and choices of a config built in code (tests, notebooks) as strictly as the CLI does."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        t = _field_type(type(cfg), f)
+        ok = isinstance(v, t) and not (t is int and isinstance(v, bool))
+        if t is float and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+        if v is None and f.default is None:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{f.name} must be {t.__name__}, got {v!r} ({type(v).__name__})")
+        ch = f.metadata.get("choices")
+        if ch and v not in ch:
+            raise ConfigError(f"--{f.name}={v} is not allowed; choose one of: {', '.join(map(str, ch))}")
+
+
+def cli(cls, main) -> None:
+    """Entry point of a script: parse sys.argv into `cls`, print it, run main(cfg); bad options exit 2."""
+    argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        print((main.__doc__ or "").strip() + "\n\n" + help_text(cls))
+        return
+    try:
+        cfg = parse(cls, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(dataclasses.asdict(cfg), indent=1))
+    main(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# device, seed and run record
+def pick_device(name: str = "auto"):
+    """'auto' picks cuda, then mps, then cpu; chosen once per run and passed explicitly."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda but no CUDA GPU is visible; use --device=auto or --device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_record(cfg) -> dict:
+    """What a reader needs to trust a number: the resolved config, the seed, versions and hardware."""
+    import diffusers
+    import numpy
+    import torch
+    import transformers
+
+    return {
+        "config": dataclasses.asdict(cfg),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+                     "numpy": numpy.__version__},
+        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+    }
+
+
+def write_json(path, obj) -> None:
+    """Write JSON atomically: a crash mid-write never leaves a half file behind."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
