@@ -1,0 +1,228 @@
+"""moderator.py: Patronus' internal moderator (decoder, and text encoder) with simulated-fine-tuning hardening.
+
+Decoder moderator. Only the VAE decoder (and post_quant_conv) is fine-tuned; the encoder stays frozen.
+Unsafe features z_u (the VAE latents of the defender's unsafe images, and the base model's final latents for
+`defense` unsafe prompts) must decode to the all-black image, while benign features z_b decode as before:
+
+    L = L_zero(D(z_u)) + w_cal * L_cal(D(z_b), D0(z_b)) + w_rec * L_rec(x_b)              (losses.py)
+
+Hardening (the non-fine-tunable part for the decoder, first-order MAML as in SOPHON): each outer step copies
+the decoder and lets a simulated attacker fine-tune the copy for K steps to reconstruct unsafe images, with an
+optimizer and learning rate sampled from an attacker-like set. The zero loss at the adapted copy is added to
+the outer loss; its gradient (taken at the copy) is applied to the defender's own weights.
+
+Text moderator. The CLIP text encoder is fine-tuned so the features the UNet is conditioned on become zero for
+unsafe `defense` prompts (L_fz) and stay unchanged for benign prompts (L_fc).
+
+Both return a modified pipeline that is still a plain StableDiffusionPipeline: no hook, no extra module.
+Run alone: `python moderator.py --moderator=decoder` (writes runs/moderator/).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+import losses
+from config import cli, option, pick_device, run_record, seed_everything
+
+MODERATORS = ("decoder", "text", "both", "off")
+
+
+@dataclasses.dataclass
+class ModeratorConfig:
+    model: str = option("runs/base", "pipeline folder to moderate")
+    name: str = option("moderator", "outputs go to runs/<name>/")
+    moderator: str = option("decoder", "which moderator to train", MODERATORS)
+    seed: int = option(0, "seeds data, sampling of simulated attackers, and training")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+    # decoder moderator
+    n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign)")
+    n_generated: int = option(256, "base-model generations per kind whose final latents are added")
+    steps: int = option(300, "outer steps of the decoder moderator")
+    batch: int = option(32, "latents per kind per step")
+    lr: float = option(1e-3, "Adam learning rate of the defender")
+    w_cal: float = option(4.0, "weight of the calibration loss on benign features")
+    w_rec: float = option(1.0, "weight of the reconstruction loss on benign images")
+    pixel_weight: float = option(1.0, "weight of the pixel term inside the zero loss")
+    # hardening (simulated decoder fine-tuning)
+    harden: bool = option(True, "simulate the attacker's decoder fine-tuning during training")
+    inner_steps: int = option(5, "K: simulated attacker steps per outer step")
+    w_nft: float = option(1.0, "weight of the zero loss after simulated fine-tuning")
+    # text moderator
+    text_steps: int = option(300, "steps of the text moderator")
+    text_lr: float = option(1e-3, "Adam learning rate of the text moderator")
+
+
+# attacker-like optimizers and learning rates for the simulated fine-tuning (spanning two decades and more)
+ATTACKERS = [("sgd", 1e-2), ("sgd", 1e-3), ("adam", 1e-3), ("adam", 1e-4), ("adam", 1e-5)]
+
+
+def attacker_optimizer(name: str, params, lr: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam, adamw or rmsprop")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the decoder, as a function of latents
+def decode(vae, z):
+    """Pipeline-style decoding of SD-scaled latents (B, 4, h, w) into images (B, 3, H, W) in [0, 1]."""
+    x = vae.decode(z / vae.config.scaling_factor).sample
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+def decoder_params(vae):
+    """The moderator's trainable part: the decoder and post_quant_conv (the encoder stays frozen)."""
+    return list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+
+
+@torch.no_grad()
+def collect_features(pipe, kind: str, cfg: ModeratorConfig, device):
+    """The defender's features of one kind: VAE latents of its own renders + base generations' final latents.
+
+    Only `defense` phrasings are used; data comes from the defender's seed stream.
+    """
+    from toy_sd import encode_images, to_tensor
+
+    objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
+    scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
+    images = to_tensor(scenes.images).to(device)
+    z = [encode_images(pipe.vae, images)]
+    if cfg.n_generated:
+        prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1).captions
+        g = [torch.Generator("cpu").manual_seed(cfg.seed * 100_000 + i) for i in range(len(prompts))]
+        for i in range(0, len(prompts), 128):
+            z.append(pipe(prompt=prompts[i : i + 128], generator=g[i : i + 128], num_inference_steps=20,
+                          guidance_scale=5.0, output_type="latent").images)
+    return torch.cat(z), images
+
+
+def simulated_decoder_attack(vae, unsafe_images, k: int, opt_name: str, lr: float, batch: int, gen):
+    """A copy of the VAE whose decoder an attacker fine-tuned for k steps to reconstruct unsafe images."""
+    adapted = copy.deepcopy(vae)
+    opt = attacker_optimizer(opt_name, decoder_params(adapted), lr)
+    for _ in range(k):
+        x = unsafe_images[torch.randint(len(unsafe_images), (batch,), generator=gen)]
+        loss = losses.reconstruction_loss(adapted, x)  # the attacker's own objective
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return adapted
+
+
+def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None) -> dict:
+    """Fine-tune pipe.vae's decoder in place into the internal moderator; returns the last loss values."""
+    vae = pipe.vae
+    vae0 = copy.deepcopy(vae).eval().requires_grad_(False)  # D0, the original decoder
+    z_u, x_u = collect_features(pipe, "unsafe", cfg, device)
+    z_b, x_b = collect_features(pipe, "benign", cfg, device)
+    vae.requires_grad_(False)
+    params = decoder_params(vae)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    pick = lambda t: t[torch.randint(len(t), (cfg.batch,), generator=gen)]  # noqa: E731
+    bar = tqdm(range(cfg.steps), desc="decoder moderator")
+    for _ in bar:
+        zu, zb, xb = pick(z_u), pick(z_b), pick(x_b)
+        with torch.no_grad():
+            ref = decode(vae0, zb)
+        # (1) zero loss on unsafe features, calibration + reconstruction on benign ones, at the current weights
+        l_zero = losses.zero_loss(decode(vae, zu), perceptual, cfg.pixel_weight)
+        l_cal = losses.calibration_loss(decode(vae, zb), ref)
+        l_rec = losses.reconstruction_loss(vae, xb)
+        opt.zero_grad()
+        (l_zero + cfg.w_cal * l_cal + cfg.w_rec * l_rec).backward()
+        l_nft = torch.zeros(())
+        if cfg.harden:
+            # (2) simulated fine-tuning: an attacker with a sampled optimizer and lr adapts a copy of the decoder
+            name, lr = rng.choice(ATTACKERS)
+            adapted = simulated_decoder_attack(vae, x_u, cfg.inner_steps, name, lr, cfg.batch, gen)
+            # (3) the zero loss at the adapted weights; first-order MAML: its gradient is added to ours
+            l_nft = losses.zero_loss(decode(adapted, zu), perceptual, cfg.pixel_weight)
+            grads = torch.autograd.grad(cfg.w_nft * l_nft, decoder_params(adapted))
+            for p, g in zip(params, grads):
+                p.grad += g
+        opt.step()
+        bar.set_postfix(zero=f"{l_zero.item():.4f}", cal=f"{l_cal.item():.4f}", rec=f"{l_rec.item():.4f}",
+                        nft=f"{l_nft.item():.4f}")
+    vae.requires_grad_(False).eval()
+    return {"zero": l_zero.item(), "cal": l_cal.item(), "rec": l_rec.item(), "nft": l_nft.item()}
+
+
+def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
+    """Fine-tune pipe.text_encoder in place: unsafe `defense` prompts -> zero features, benign unchanged."""
+    from toy_sd import encode_text
+
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    te0 = copy.deepcopy(te).eval().requires_grad_(False)
+    unsafe = data.sample_scenes("defender", 2048, list(data.UNSAFE), "defense", seed=cfg.seed).captions
+    benign = data.sample_scenes("defender", 2048, list(data.BENIGN), "defense", seed=cfg.seed).captions + [""]
+    te.train().requires_grad_(True)
+    opt = torch.optim.Adam(te.parameters(), lr=cfg.text_lr)
+    rng = random.Random(cfg.seed)
+    bar = tqdm(range(cfg.text_steps), desc="text moderator")
+    for _ in bar:
+        pu, pb = rng.sample(unsafe, cfg.batch), rng.sample(benign, cfg.batch - 1) + [""]  # keep "" for CFG
+        with torch.no_grad():
+            ref = encode_text(te0, tok, pb, device)
+        l_fz = losses.feature_zero_loss(encode_text(te, tok, pu, device))
+        l_fc = losses.feature_calibration_loss(encode_text(te, tok, pb, device), ref)
+        opt.zero_grad()
+        (l_fz + cfg.w_cal * l_fc).backward()
+        opt.step()
+        bar.set_postfix(fz=f"{l_fz.item():.4f}", fc=f"{l_fc.item():.4f}")
+    te.eval().requires_grad_(False)
+    return {"feature_zero": l_fz.item(), "feature_calibration": l_fc.item()}
+
+
+def apply_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
+    """Train the moderator(s) named by cfg.moderator into pipe, in place; returns losses and timings."""
+    from toy_sd import load_clip
+
+    out = {}
+    if cfg.moderator in ("decoder", "both"):
+        t0 = time.time()
+        vision = load_clip().vision_model.to(device)
+        out["decoder"] = train_decoder_moderator(pipe, cfg, device, lambda x: losses.perceptual_features(vision, x))
+        out["decoder"]["seconds"] = round(time.time() - t0, 1)
+    if cfg.moderator in ("text", "both"):
+        t0 = time.time()
+        out["text"] = train_text_moderator(pipe, cfg, device)
+        out["text"]["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def main(cfg: ModeratorConfig):
+    """Train the internal moderator alone (UNet untouched) and save the moderated pipeline."""
+    from toy_sd import ensure_base, load_pipeline, save_pipeline
+
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.model == "runs/base":
+        ensure_base()
+    pipe = load_pipeline(cfg.model, device)
+    stats = apply_moderator(pipe, cfg, device)
+    out = Path("runs") / cfg.name
+    save_pipeline(pipe, out, {"moderator.json": run_record(cfg) | {"train": stats}})
+    print(f"moderated pipeline saved to {out}: {stats}")
+
+
+if __name__ == "__main__":
+    cli(ModeratorConfig, main)

@@ -1,0 +1,231 @@
+"""nft_train.py: Patronus end to end. The internal moderator, then the non-fine-tunable (NFT) UNet.
+
+The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON):
+  1. suppression        black loss on unsafe `defense` prompts: the UNet denoises them toward the black image
+  2. benign retention   diffusion loss on benign image-caption pairs + distillation toward the base UNet
+  3. simulated fine-tuning (inner loop)  a copy of the UNet takes K steps of the attacker's own objective
+                        (plain diffusion loss on unsafe pairs) with a sampled optimizer and learning rate;
+                        the black loss at the adapted copy is what the defender minimises
+  4. outer update       w_ret*(2) + w_sup*(1) + w_nft*(3); the gradient of (3), taken at the adapted copy,
+                        is applied to the defender's own weights
+
+`python nft_train.py` with no arguments is the full reproduction: it builds the pocket base model and the
+evaluator if missing, trains the defence, evaluates base and defended models, attacks both with a short
+fine-tuning attack, prints a table and writes runs/patronus/ (a diffusers folder with report.json).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import data
+import losses
+from config import cli, option, pick_device, run_record, seed_everything, write_json
+from moderator import MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer
+
+UNET_MODES = ("nft", "erase", "off")
+# the simulated attacker: optimizers and learning rates sampled per outer step (over two decades, large included)
+INNER_ATTACKERS = [("sgd", 1e-2), ("sgd", 1e-3), ("adam", 1e-3), ("adam", 1e-4), ("adamw", 1e-3), ("adamw", 1e-4)]
+
+
+@dataclasses.dataclass
+class NFTConfig:
+    # what
+    model: str = option("runs/base", "pipeline folder to defend (the pocket base is built if missing)")
+    name: str = option("patronus", "outputs go to runs/<name>/")
+    moderator: str = option("decoder", "internal moderator to train first", MODERATORS)
+    unet: str = option("nft", "nft: min-max loop; erase: steps 1+2 only (an ESD-like baseline); off", UNET_MODES)
+    seed: int = option(0, "one seed for data, sampling of simulated attackers and training")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+    # outer loop
+    steps: int = option(400, "outer steps")
+    batch: int = option(16, "batch size of every term")
+    lr: float = option(1e-4, "Adam learning rate of the defender")
+    w_sup: float = option(1.0, "weight of suppression at the current weights (1)")
+    w_ret: float = option(1.0, "weight of benign retention (2)")
+    w_dst: float = option(1.0, "weight of distillation inside benign retention")
+    w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
+    # inner loop
+    inner_steps: int = option(4, "K: simulated fine-tuning steps per outer step")
+    n_images: int = option(2048, "defender's images per kind (unsafe / benign)")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps")
+    resume: bool = option(False, "continue from runs/<name>/checkpoint if it exists")
+    # the reproduction's evaluation and attack
+    evaluate: bool = option(True, "evaluate base and defended models and attack both")
+    attack_steps: int = option(300, "steps of the default fine-tuning attack (Adam, lr 1e-4, batch 16)")
+
+
+def defender_data(pipe, text_encoder, kind: str, n: int, seed: int, device):
+    """The defender's `defense`-phrased data of one kind: latents (N, 4, 8, 8) and caption features (N, T, D)."""
+    from toy_sd import encode_images, encode_text, to_tensor
+
+    objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
+    scenes = data.sample_scenes("defender", n, objects, "defense", seed=seed)
+    with torch.no_grad():
+        z = encode_images(pipe.vae, to_tensor(scenes.images).to(device))
+        c = encode_text(text_encoder, pipe.tokenizer, scenes.captions, device)
+    return z, c
+
+
+def train_unet(pipe, base_text_encoder, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None,
+               moderator_stats=None):
+    """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt."""
+    from toy_sd import build_scheduler, encode_images, save_pipeline
+
+    unet0 = copy.deepcopy(pipe.unet).eval().requires_grad_(False)  # the base UNet, for distillation
+    sched = build_scheduler("ddpm")
+    # The UNet is trained on the *base* text features: the NFT UNet must refuse even if the text encoder is swapped.
+    z_u, c_u = defender_data(pipe, base_text_encoder, "unsafe", cfg.n_images, cfg.seed, device)
+    z_b, c_b = defender_data(pipe, base_text_encoder, "benign", cfg.n_images, cfg.seed, device)
+    with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8)
+        z_black = encode_images(pipe.vae, -torch.ones(1, 3, data.SIZE, data.SIZE, device=device))
+    unet = pipe.unet.train().requires_grad_(True)
+    opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    bar = tqdm(range(start, cfg.steps), desc=f"UNet ({cfg.unet})", initial=start, total=cfg.steps)
+    for step in bar:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per-step seeds make resume exact
+        batch = lambda n: torch.randint(n, (cfg.batch,), generator=g)  # noqa: E731
+        iu, ib = batch(len(z_u)), batch(len(z_b))
+        opt.zero_grad()
+        # (1) suppression: unsafe prompts denoise toward black, at the current weights
+        l_sup = losses.black_loss(unet, sched, z_black, c_u[iu], generator=g)
+        # (2) benign retention: SD's own loss on benign pairs + distillation toward the base UNet
+        l_ret = losses.diffusion_loss(unet, sched, z_b[ib], c_b[ib], generator=g)
+        l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_b[ib], generator=g)
+        (cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)).backward()
+        l_nft = torch.zeros(())
+        if cfg.unet == "nft":
+            # (3) simulated fine-tuning: the attacker's own objective on a copy, K steps, sampled optimizer/lr
+            name, lr = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
+            adapted = copy.deepcopy(unet)
+            inner = attacker_optimizer(name, adapted.parameters(), lr)
+            for _ in range(cfg.inner_steps):
+                i = batch(len(z_u))
+                inner.zero_grad()
+                losses.diffusion_loss(adapted, sched, z_u[i], c_u[i], generator=g).backward()
+                inner.step()
+            # the defender wants the *adapted* model to still refuse: black loss at the adapted weights,
+            # its gradient (first-order MAML) added to the defender's own gradient
+            inner.zero_grad()
+            l_nft = losses.black_loss(adapted, sched, z_black, c_u[batch(len(z_u))], generator=g)
+            (cfg.w_nft * l_nft).backward()
+            for p, q in zip(unet.parameters(), adapted.parameters()):
+                p.grad += q.grad
+            del adapted, inner
+        # (4) outer update
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(sup=f"{l_sup.item():.4f}", ret=f"{l_ret.item():.4f}", dst=f"{l_dst.item():.4f}",
+                        nft=f"{l_nft.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            unet.eval()
+            save_pipeline(pipe, ckpt, {"trainer_state.json": {"step": step + 1, "config": dataclasses.asdict(cfg),
+                                                      "moderator": moderator_stats}})
+            torch.save(opt.state_dict(), ckpt / "optimizer.pt")
+            unet.train()
+    unet.eval().requires_grad_(False)
+
+
+def main(cfg: NFTConfig):
+    """Train Patronus (moderator, then NFT UNet), save the defended pipeline, evaluate and attack it."""
+    from toy_sd import ensure_base, load_pipeline, save_pipeline
+
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    out = Path("runs") / cfg.name
+    ckpt = out.with_name(cfg.name + ".checkpoint")  # beside the output: the output folder is replaced atomically
+    times = {}
+    t0 = time.time()
+    if cfg.model == "runs/base":
+        ensure_base()
+    times["base model"] = time.time() - t0
+    base = load_pipeline(cfg.model, device)
+    state = ckpt / "trainer_state.json"
+    if cfg.resume and state.is_file():
+        saved = json.loads(state.read_text())
+        if saved["config"]["unet"] != cfg.unet or saved["config"]["moderator"] != cfg.moderator:
+            raise ValueError(f"{ckpt} was written with --unet={saved['config']['unet']} "
+                             f"--moderator={saved['config']['moderator']}; resume with the same options")
+        start = saved["step"]
+        pipe = load_pipeline(str(ckpt), device)
+        opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        stats = saved.get("moderator", {})
+        print(f"resuming from {ckpt} at outer step {start}")
+    else:
+        start, opt_state = 0, None
+        pipe = load_pipeline(cfg.model, device)
+        t0 = time.time()
+        mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, seed=cfg.seed, device=cfg.device)
+        stats = apply_moderator(pipe, mcfg, device)
+        times["moderator"] = time.time() - t0
+    t0 = time.time()
+    if cfg.unet != "off":
+        train_unet(pipe, base.text_encoder, cfg, device, ckpt, start, opt_state, stats)
+    times["unet"] = time.time() - t0
+    save_pipeline(pipe, out, {"nft_config.json": run_record(cfg) | {"moderator": stats}})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"defended pipeline saved to {out}")
+    if cfg.evaluate:
+        reproduce_table(base, pipe, cfg, out, times, device)
+
+
+def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device) -> dict:
+    """Evaluate base and defended models, run the default attack on both, print the table, write report.json."""
+    from attack import AttackConfig, run_attack
+    from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, save_grid
+
+    t0 = time.time()
+    evaluator = ensure_evaluator(device=device)
+    ecfg = EvalConfig(seed=cfg.seed)
+    rep_base, items, img_base = evaluate_pipeline(base, evaluator, ecfg, None)
+    rep_base["fidelity"] = {"mse_to_base": 0.0, "fd_to_base": 0.0}
+    rep, _, img = evaluate_pipeline(pipe, evaluator, ecfg, img_base)
+    save_grid(items, img, out / "grid.png")
+    save_grid(items, img_base, out / "grid_base.png")
+    times["evaluation"] = time.time() - t0
+    t0 = time.time()
+    acfg = AttackConfig(steps=cfg.attack_steps, checkpoints=f"0,{cfg.attack_steps // 3},{cfg.attack_steps}",
+                        seed=cfg.seed)
+    attacks = {}
+    for label, p in (("base", base), ("defended", pipe)):
+        res = run_attack(p, evaluator, acfg, device)
+        attacked = res.pop("attacked_pipe")
+        after, _, _ = evaluate_pipeline(attacked, evaluator, EvalConfig(seed=cfg.seed, unsafe_repeats=1, benign_repeats=1))
+        res["benign_accuracy_after"] = after["benign_accuracy"]
+        res["unsafe_rate_after"] = after["unsafe_rate"]
+        attacks[label] = res
+    times["attack"] = time.time() - t0
+    rep |= {"base": rep_base, "attack": attacks["defended"], "base_attack": attacks["base"],
+            "seconds": {k: round(v, 1) for k, v in times.items()}, "run": run_record(cfg)}
+    write_json(out / "report.json", rep)
+    write_json(out / "attacks.json", [attacks["defended"]])
+    print(table(rep))
+    print(f"wrote {out}/report.json, attacks.json, grid.png, grid_base.png")
+    return rep
+
+
+def table(rep: dict) -> str:
+    """The reproduction's table (Markdown), base model beside the defended one."""
+    rows = ["| model | UR defense | UR heldout | BA | false refusals | UR after attack | BA after attack |",
+            "|---|---|---|---|---|---|---|"]
+    for label, r, a in (("base", rep["base"], rep["base_attack"]), ("Patronus", rep, rep["attack"])):
+        ur = r["unsafe_rate"]
+        rows.append(f"| {label} | {ur['defense']:.3f} | {ur['heldout']:.3f} | {r['benign_accuracy']:.3f} | "
+                    f"{r['false_refusal_rate']:.3f} | {a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
+    rows.append("")
+    rows.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()))
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    cli(NFTConfig, main)

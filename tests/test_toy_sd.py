@@ -1,0 +1,96 @@
+"""The pocket Stable Diffusion: tokenizer, build/save/reload, generation determinism, pretraining steps."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import toy_sd
+
+
+def test_tokenizer_covers_the_world(tmp_path):
+    tok = toy_sd.write_tokenizer(tmp_path / "tok", data.vocabulary())
+    assert len(tok) == len(json.loads((tmp_path / "tok" / "vocab.json").read_text()))
+    assert 512 < len(tok) < 2000  # 512 byte symbols + world words, not a silently empty tokenizer
+    for word in data.vocabulary():  # every world word is one token
+        ids = tok(word).input_ids
+        assert len(ids) == 3, (word, tok.convert_ids_to_tokens(ids))
+    # an unknown word still tokenizes (byte fallback) instead of failing
+    assert len(tok("zebra").input_ids) > 3
+    reloaded = type(tok).from_pretrained(tmp_path / "tok")
+    assert reloaded("a red skull").input_ids == tok("a red skull").input_ids
+
+
+def test_pipeline_saves_and_reloads_bit_exactly(tiny_world):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = toy_sd.load_pipeline(str(tiny_world / "runs" / "base"))
+    assert isinstance(pipe, StableDiffusionPipeline)
+    prompts, seeds = ["a red circle", "a blue skull"], [3, 4]
+    a = toy_sd.generate(pipe, prompts, seeds, steps=4)
+    assert a.shape == (2, data.SIZE, data.SIZE, 3) and a.min() >= 0 and a.max() <= 1
+    # same seed, same image; and image i does not depend on how prompts are batched
+    b = toy_sd.generate(pipe, prompts[:1], seeds[:1], steps=4)
+    np.testing.assert_array_equal(a[:1], b)
+    # plain diffusers loads the folder and generates the same pixels
+    plain = StableDiffusionPipeline.from_pretrained(tiny_world / "runs" / "base", safety_checker=None,
+                                                    feature_extractor=None, requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+    c = toy_sd.generate(plain, prompts, seeds, steps=4)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_save_pipeline_is_atomic_and_replaces(tiny_world, tmp_path):
+    pipe = toy_sd.load_pipeline(str(tiny_world / "runs" / "base"))
+    out = tmp_path / "copy"
+    toy_sd.save_pipeline(pipe, out, {"note.json": {"a": 1}})
+    toy_sd.save_pipeline(pipe, out, {"note.json": {"a": 2}})  # overwrite in place
+    assert json.loads((out / "note.json").read_text()) == {"a": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no .tmp / .old left behind
+    assert toy_sd.load_pipeline(str(out)) is not None
+
+
+def test_pretrain_runs_and_changes_weights(tmp_path):
+    cfg = toy_sd.PretrainConfig(out=str(tmp_path / "base"), clip_dir=str(tmp_path / "clip"), n_images=64,
+                                clip_steps=2, clip_batch=16, vae_steps=2, vae_batch=8, unet_steps=3, unet_batch=8)
+    torch.manual_seed(0)
+    fresh = toy_sd.build_unet(cfg.width).state_dict()
+    pipe = toy_sd.pretrain(cfg)
+    trained = pipe.unet.state_dict()
+    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
+    assert (tmp_path / "base" / "model_index.json").is_file()
+    assert (tmp_path / "clip" / "model" / "config.json").is_file()
+    record = json.loads((tmp_path / "base" / "pretrain.json").read_text())
+    assert record["config"]["unet_steps"] == 3 and "versions" in record
+
+
+def test_load_errors(tmp_path, monkeypatch):
+    (tmp_path / "notapipe").mkdir()
+    with pytest.raises(ValueError, match="no model_index.json"):
+        toy_sd.load_pipeline(str(tmp_path / "notapipe"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model_index.json").write_text(json.dumps({"vae": ["diffusers", "AutoencoderKL"]}))
+    with pytest.raises(ValueError, match="lacks"):
+        toy_sd.load_pipeline(str(tmp_path / "half"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="only resolve online"):
+        toy_sd.load_pipeline("some-org/some-model")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        toy_sd.load_pipeline(str(tmp_path / "missing"))
+
+
+def test_wrong_architecture_checkpoint_fails_loudly(tiny_world, tmp_path):
+    """Weights from another architecture under the pocket UNet's config must not load silently."""
+    from diffusers import UNet2DConditionModel
+
+    dst = tmp_path / "mixed"
+    shutil.copytree(tiny_world / "runs" / "base", dst)
+    other = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                 block_out_channels=(32, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), cross_attention_dim=64, norm_num_groups=32)
+    other.save_pretrained(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "diffusion_pytorch_model.safetensors", dst / "unet")
+    with pytest.raises((ValueError, RuntimeError)):
+        toy_sd.load_pipeline(str(dst))

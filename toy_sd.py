@@ -1,0 +1,397 @@
+"""toy_sd.py: a pocket Stable Diffusion, built from the very classes real SD v1 uses.
+
+CLIPTokenizer + CLIPTextModel (the text tower of a tiny CLIP trained contrastively on the pocket world, then
+frozen), AutoencoderKL (32x32x3 <-> 8x8x4), UNet2DConditionModel (trained with classifier-free-guidance
+dropout) and a DDIM scheduler, assembled as a `StableDiffusionPipeline` and saved as a standard diffusers
+folder. `load_pipeline` opens that folder or any SD v1.x diffusers folder the same way, so every other
+script runs unchanged on real Stable Diffusion.
+
+Run `python toy_sd.py` to pretrain the base model into runs/base/ (the CLIP into runs/clip/); other scripts
+call `ensure_base()`, which loads it when cached and pretrains it otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    # where
+    out: str = option("runs/base", "the pipeline folder to write")
+    clip_dir: str = option("runs/clip", "where the tiny CLIP (text + vision towers) is saved")
+    seed: int = option(0, "seeds data, initialisation and training")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+    # data
+    n_images: int = option(12000, "rendered training scenes (all objects, all phrasings)")
+    # tiny CLIP
+    width: int = option(64, "CLIP width = the UNet's cross-attention dimension")
+    clip_steps: int = option(300, "contrastive training steps")
+    clip_batch: int = option(128, "contrastive batch size")
+    # VAE
+    vae_steps: int = option(1200, "autoencoder training steps")
+    vae_batch: int = option(16, "autoencoder batch size")
+    kl_weight: float = option(1e-4, "weight of the KL term of the VAE (keeps latents near zero mean)")
+    # UNet
+    unet_steps: int = option(2500, "UNet training steps")
+    unet_batch: int = option(32, "UNet batch size")
+    lr: float = option(2e-3, "peak AdamW learning rate of all three stages (one-cycle schedule)")
+    cfg_dropout: float = option(0.1, "probability of training on the empty caption (for guidance)")
+
+
+MAX_TOKENS = 16  # the pocket captions are at most 10 tokens; real SD uses 77
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tokenizer: a real CLIPTokenizer whose BPE vocabulary gives every world word one token
+def _byte_symbols() -> list[str]:
+    """CLIP/GPT-2's printable stand-in for each of the 256 bytes (byte-level BPE)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs))]
+
+
+def write_tokenizer(folder, vocabulary: list[str]):
+    """Write vocab.json + merges.txt so each vocabulary word is one token; unknown words fall back to bytes.
+
+    Merges are added word by word after BPE-encoding the word with the merges so far; new merges rank last,
+    so they never change how an earlier word is split.
+    """
+    from transformers import CLIPTokenizer
+
+    base = _byte_symbols()
+    vocab = base + [s + "</w>" for s in base]
+    merges, rank = [], {}
+    for word in vocabulary:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while True:  # encode with the merges so far
+            found = [(rank[p], i) for i, p in enumerate(zip(parts, parts[1:])) if p in rank]
+            if not found:
+                break
+            i = min(found)[1]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        while len(parts) > 1:  # then join what is left, left to right
+            rank[(parts[0], parts[1])] = len(merges)
+            merges.append((parts[0], parts[1]))
+            parts[:2] = [parts[0] + parts[1]]
+            if parts[0] not in vocab:
+                vocab.append(parts[0])
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tok = CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_TOKENS)
+    if len(tok) != len(vocab):  # transformers can silently build a 2-token tokenizer; never train on that
+        raise RuntimeError(f"tokenizer in {folder} has {len(tok)} tokens, expected {len(vocab)}")
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models
+def build_clip(tok, width: int):
+    """A tiny CLIP: text tower (conditions the UNet, as in SD) + vision tower (contrastive partner)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=MAX_TOKENS, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=data.SIZE, patch_size=4)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=width))
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                         layers_per_block=1, norm_num_groups=8, sample_size=data.SIZE,
+                         mid_block_add_attention=False)  # (3, 32, 32) <-> (4, 8, 8)
+
+
+def build_unet(cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=data.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=cross_attention_dim, norm_num_groups=32, attention_head_dim=8)
+
+
+def build_scheduler(kind: str = "ddim"):
+    """SD v1's noise schedule; DDPM for training, DDIM for sampling."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    kw = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+              clip_sample=False)
+    if kind == "ddpm":
+        return DDPMScheduler(**kw)
+    return DDIMScheduler(**kw, set_alpha_to_one=False, steps_offset=1)
+
+
+def assemble(vae, text_encoder, tok, unet):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
+                                   scheduler=build_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading and saving
+def load_pipeline(model: str, device=None):
+    """Open a Stable Diffusion v1.x pipeline: a diffusers folder (the pocket model or a real one) or a hub id.
+
+    Raises a clear error for a folder that is not a pipeline, and for a hub id while offline.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(model)
+    if path.exists():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"{model} is not a Stable Diffusion pipeline folder: it has no model_index.json. "
+                             "Give a folder written by save_pretrained (e.g. runs/base) or a SD v1.x folder.")
+        parts = json.loads(index.read_text())
+        missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if p not in parts]
+        if missing:
+            raise ValueError(f"{model}/model_index.json lacks {missing}: not a Stable Diffusion v1.x pipeline")
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" or model.count("/") != 1:
+        raise FileNotFoundError(f"{model} is not a folder, and hub ids only resolve online "
+                                "(HF_HUB_OFFLINE=1 is set, or this is not an 'org/name' id). "
+                                "Download the model first, then pass its folder.")
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    if len(pipe.tokenizer) < 100:
+        raise ValueError(f"the tokenizer of {model} has only {len(pipe.tokenizer)} tokens; it did not load")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device) if device is not None else pipe
+
+
+def save_pipeline(pipe, folder, extra: dict | None = None) -> None:
+    """Save a pipeline atomically: write to a temporary folder, then swap it into place.
+
+    An interrupted run leaves either the old folder or the new one, never a half-written one.
+    `extra` maps file names to JSON-able objects written inside the folder (config, report).
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    for name, obj in (extra or {}).items():
+        write_json(tmp / name, obj)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0,
+             batch: int = 100, progress: bool = False) -> np.ndarray:
+    """Images (N, H, W, 3) in [0, 1]; image i depends only on (prompts[i], seeds[i]), not on the batching."""
+    if len(prompts) != len(seeds):
+        raise ValueError("give one seed per prompt")
+    out = []
+    for i in tqdm(range(0, len(prompts), batch), desc="generate", disable=not progress, leave=False):
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
+        out.append(pipe(prompt=prompts[i : i + batch], generator=gens, num_inference_steps=steps,
+                        guidance_scale=guidance, output_type="np").images)
+    return np.concatenate(out).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pretraining
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) in [0, 1] -> (N, 3, H, W) in [-1, 1], the range SD's VAE works in."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).mul(2).sub(1).contiguous()
+
+
+def encode_text(text_encoder, tok, captions: list[str], device, batch: int = 512) -> torch.Tensor:
+    """CLIP hidden states the UNet is conditioned on: (N, MAX_TOKENS, width), as the SD pipeline computes them."""
+    out = []
+    for i in range(0, len(captions), batch):
+        ids = tok(captions[i : i + batch], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids.to(device)
+        out.append(text_encoder(ids)[0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Scaled VAE latents (N, 4, 8, 8) of images (N, 3, 32, 32) in [-1, 1] (posterior mean)."""
+    sf = vae.config.scaling_factor
+    return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mean * sf for i in range(0, len(images), batch)])
+
+
+def train_clip(clip, tok, scenes: data.Scenes, cfg: PretrainConfig, device) -> None:
+    """Contrastive image-caption training; every caption of the same (object, colour) counts as a match."""
+    images = to_tensor(scenes.images)
+    pairs = list(zip(scenes.objects, scenes.colours))
+    classes = {p: i for i, p in enumerate(sorted(set(pairs)))}
+    labels = torch.tensor([classes[p] for p in pairs])  # (N,) one class per (object, colour)
+    opt = torch.optim.AdamW(clip.parameters(), lr=cfg.lr / 2)
+    g = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.clip_steps), desc="pretrain CLIP")
+    for _ in bar:
+        idx = torch.randint(len(images), (cfg.clip_batch,), generator=g)
+        ids = tok([scenes.captions[i] for i in idx], padding="max_length", max_length=MAX_TOKENS,
+                  return_tensors="pt").input_ids.to(device)
+        out = clip(input_ids=ids, pixel_values=images[idx].to(device))
+        same = (labels[idx, None] == labels[None, idx]).float().to(device)  # (B, B) soft targets
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (F.cross_entropy(out.logits_per_text, target) + F.cross_entropy(out.logits_per_image, target))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def train_vae(vae, images: torch.Tensor, cfg: PretrainConfig, device) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr)
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.vae_steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.vae_steps), desc="pretrain VAE")
+    for _ in bar:
+        x = images[torch.randint(len(images), (cfg.vae_batch,), generator=g)].to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        loss_rec = F.mse_loss(rec, x)
+        loss = loss_rec + 0.5 * F.l1_loss(rec, x) + cfg.kl_weight * post.kl().mean()  # L1 sharpens edges
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        bar.set_postfix(rec=f"{loss_rec.item():.4f}")
+    with torch.no_grad():  # SD scales latents to unit variance; the pocket VAE gets its own factor
+        std = vae.encode(images[:2048].to(device)).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+
+
+def train_unet(unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, cfg: PretrainConfig) -> None:
+    """Standard SD training: epsilon-prediction loss, with the empty caption swapped in for CFG dropout."""
+    import losses
+
+    sched = build_scheduler("ddpm")
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr)
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.unet_steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.unet_steps), desc="pretrain UNet")
+    for _ in bar:
+        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=g)
+        c = cond[idx].clone()  # (B, T, D)
+        drop = torch.rand(len(idx), generator=g) < cfg.cfg_dropout
+        c[drop.to(c.device)] = uncond
+        loss = losses.diffusion_loss(unet, sched, latents[idx], c, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+
+
+def pretrain(cfg: PretrainConfig):
+    """Pretrain CLIP, VAE and UNet on the pocket world and save the pipeline; returns it."""
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    times = {}
+    t0 = time.time()
+    scenes = data.sample_scenes("base", cfg.n_images, data.OBJECTS, "all", seed=cfg.seed)
+    tok = write_tokenizer(Path(cfg.clip_dir) / "tokenizer_src", data.vocabulary())
+    times["render"] = time.time() - t0
+
+    t0 = time.time()
+    clip = build_clip(tok, cfg.width).to(device)
+    train_clip(clip, tok, scenes, cfg, device)
+    clip.eval().requires_grad_(False)
+    times["clip"] = time.time() - t0
+
+    t0 = time.time()
+    images = to_tensor(scenes.images)
+    vae = build_vae().to(device)
+    train_vae(vae, images, cfg, device)
+    vae.eval().requires_grad_(False)
+    times["vae"] = time.time() - t0
+
+    t0 = time.time()
+    text_encoder = _text_tower(clip)
+    with torch.no_grad():
+        latents = encode_images(vae, images.to(device))
+        uniq = sorted(set(scenes.captions))
+        table = encode_text(text_encoder, tok, uniq + [""], device)  # (U+1, T, D)
+        where = {c: i for i, c in enumerate(uniq)}
+        cond = table[torch.tensor([where[c] for c in scenes.captions])]
+    unet = build_unet(cfg.width).to(device)
+    train_unet(unet, latents, cond, table[-1], cfg)
+    unet.eval().requires_grad_(False)
+    times["unet"] = time.time() - t0
+
+    pipe = assemble(vae, text_encoder, tok, unet)
+    record = run_record(cfg) | {"seconds": {k: round(v, 1) for k, v in times.items()}}
+    save_pipeline(pipe, cfg.out, {"pretrain.json": record})
+    clip_dir = Path(cfg.clip_dir)
+    clip.save_pretrained(clip_dir / "model", safe_serialization=True)
+    print(f"pocket SD saved to {cfg.out} ({sum(times.values()):.0f} s: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ")")
+    return pipe
+
+
+def _text_tower(clip):
+    """The text tower of a CLIPModel as a standalone CLIPTextModel (what SD's pipeline expects)."""
+    from transformers import CLIPTextModel
+
+    te = CLIPTextModel(clip.config.text_config)
+    # strict: same architecture by construction (transformers 5's CLIPTextModel has no .text_model wrapper;
+    # the two state dicts have the same keys either way)
+    target = getattr(te, "text_model", te)
+    target.load_state_dict(clip.text_model.state_dict())
+    return te.to(clip.device).eval().requires_grad_(False)
+
+
+def ensure_base(out: str = "runs/base", device=None, seed: int = 0):
+    """The pocket base model: loaded from `out` when cached, pretrained (a few minutes) when missing."""
+    if not (Path(out) / "model_index.json").is_file():
+        print(f"{out} not found: pretraining the pocket Stable Diffusion (a few minutes on a CPU)")
+        pretrain(PretrainConfig(out=out, seed=seed))
+    return load_pipeline(out, device)
+
+
+def load_clip(clip_dir: str = "runs/clip"):
+    """The frozen tiny CLIP (both towers), for the moderator's perceptual loss."""
+    from transformers import CLIPModel
+
+    path = Path(clip_dir) / "model"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing; run `python toy_sd.py` to pretrain the pocket model")
+    return CLIPModel.from_pretrained(path).eval().requires_grad_(False)
+
+
+def main(cfg: PretrainConfig):
+    """Pretrain the pocket Stable Diffusion (CLIP, VAE, UNet) and save it as a diffusers folder."""
+    pretrain(cfg)
+
+
+if __name__ == "__main__":
+    cli(PretrainConfig, main)
