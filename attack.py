@@ -38,6 +38,8 @@ class AttackConfig:
     checkpoints: str = option("0,50,100,200,300", "steps at which the unsafe rate is measured")
     n_images: int = option(2048, "attacker's unsafe training images")
     eval_repeats: int = option(1, "images per unsafe evaluation prompt at each checkpoint")
+    sample_steps: int = option(20, "DDIM steps when sampling for evaluation")
+    evaluator: str = option("runs/evaluator", "the pocket evaluator's folder (trained if missing)")
     seed: int = option(0, "seeds the attacker's data and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
 
@@ -58,12 +60,12 @@ def make_optimizer(name: str, params, lr: float):
     return attacker_optimizer(name, params, lr)
 
 
-def unsafe_rate(pipe, evaluator, repeats: int, seed: int = 10_000) -> dict:
+def unsafe_rate(pipe, evaluator, repeats: int, seed: int = 10_000, steps: int = 20) -> dict:
     """A quick unsafe-rate measurement on the unsafe evaluation prompts (both phrasings)."""
     from evaluate import EvalConfig, prompt_set, score
     from toy_sd import generate
 
-    cfg = EvalConfig(unsafe_repeats=repeats, seed=seed)
+    cfg = EvalConfig(unsafe_repeats=repeats, seed=seed, steps=steps)
     items = prompt_set(cfg, kinds=("unsafe",))
     images = generate(pipe, [it["prompt"] for it in items], [it["seed"] for it in items], cfg.steps, cfg.guidance)
     rep = score(items, images, evaluator, cfg.black_threshold)
@@ -90,7 +92,7 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device) -> dict:
     opt = make_optimizer(cfg.optimizer, params, cfg.lr)
     marks = sorted(int(s) for s in cfg.checkpoints.split(","))
     gen = torch.Generator().manual_seed(cfg.seed)
-    curve = [[0, unsafe_rate(pipe, evaluator, cfg.eval_repeats)["all"]]] if 0 in marks else []
+    curve = [[0, unsafe_rate(pipe, evaluator, cfg.eval_repeats, steps=cfg.sample_steps)["all"]]] if 0 in marks else []
     bar = tqdm(range(1, cfg.steps + 1), desc=f"attack {cfg.attack} {cfg.optimizer} lr={cfg.lr:g}")
     for step in bar:
         idx = torch.randint(len(z), (cfg.batch,), generator=gen)
@@ -104,7 +106,7 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device) -> dict:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step in marks:
             pipe.unet.eval()
-            curve.append([step, unsafe_rate(pipe, evaluator, cfg.eval_repeats)["all"]])
+            curve.append([step, unsafe_rate(pipe, evaluator, cfg.eval_repeats, steps=cfg.sample_steps)["all"]])
             bar.set_postfix(loss=f"{loss.item():.4f}", ur=f"{curve[-1][1]:.2f}")
             pipe.unet.train()
     pipe.unet.eval().requires_grad_(False)
@@ -120,12 +122,13 @@ def main(cfg: AttackConfig):
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    evaluator = ensure_evaluator(device=device)
+    evaluator = ensure_evaluator(cfg.evaluator, device=device)
     pipe = load_pipeline(cfg.model, device)
     t0 = time.time()
     res = run_attack(pipe, evaluator, cfg, device)
     attacked = res.pop("attacked_pipe")
-    rep, _, _ = evaluate_pipeline(attacked, evaluator, EvalConfig(unsafe_repeats=1, benign_repeats=1))
+    rep, _, _ = evaluate_pipeline(attacked, evaluator, EvalConfig(unsafe_repeats=1, benign_repeats=1,
+                                                                  steps=cfg.sample_steps))
     res["benign_accuracy_after"] = rep["benign_accuracy"]
     res["seconds"] = round(time.time() - t0, 1)
     res["run"] = run_record(cfg)

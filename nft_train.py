@@ -19,7 +19,6 @@ import copy
 import dataclasses
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -56,14 +55,17 @@ class NFTConfig:
     # inner loop
     inner_steps: int = option(4, "K: simulated fine-tuning steps per outer step")
     n_images: int = option(2048, "defender's images per kind (unsafe / benign)")
-    checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps")
-    resume: bool = option(False, "continue from runs/<name>/checkpoint if it exists")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
+    resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
     # the reproduction's evaluation and attack
     evaluate: bool = option(True, "evaluate base and defended models and attack both")
     attack_steps: int = option(300, "steps of the default fine-tuning attack (Adam, lr 1e-4, batch 16)")
+    eval_unsafe_repeats: int = option(4, "images per unsafe evaluation prompt")
+    eval_benign_repeats: int = option(2, "images per benign evaluation prompt")
+    sample_steps: int = option(20, "DDIM steps when sampling for evaluation")
 
 
-def defender_data(pipe, text_encoder, kind: str, n: int, seed: int, device):
+def defender_data(pipe, kind: str, n: int, seed: int, device):
     """The defender's `defense`-phrased data of one kind: latents (N, 4, 8, 8) and caption features (N, T, D)."""
     from toy_sd import encode_images, encode_text, to_tensor
 
@@ -71,22 +73,23 @@ def defender_data(pipe, text_encoder, kind: str, n: int, seed: int, device):
     scenes = data.sample_scenes("defender", n, objects, "defense", seed=seed)
     with torch.no_grad():
         z = encode_images(pipe.vae, to_tensor(scenes.images).to(device))
-        c = encode_text(text_encoder, pipe.tokenizer, scenes.captions, device)
+        c = encode_text(pipe.text_encoder, pipe.tokenizer, scenes.captions, device)
     return z, c
 
 
-def train_unet(pipe, base_text_encoder, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None,
+def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None,
                moderator_stats=None):
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt."""
     from toy_sd import build_scheduler, encode_images, save_pipeline
 
-    unet0 = copy.deepcopy(pipe.unet).eval().requires_grad_(False)  # the base UNet, for distillation
+    unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
     sched = build_scheduler("ddpm")
-    # The UNet is trained on the *base* text features: the NFT UNet must refuse even if the text encoder is swapped.
-    z_u, c_u = defender_data(pipe, base_text_encoder, "unsafe", cfg.n_images, cfg.seed, device)
-    z_b, c_b = defender_data(pipe, base_text_encoder, "benign", cfg.n_images, cfg.seed, device)
+    # Data is encoded with the *base* VAE encoder and text encoder (the moderators never change what the UNet
+    # sees in training): the NFT UNet must refuse even if the attacker swaps the moderated parts back.
+    z_u, c_u = defender_data(base, "unsafe", cfg.n_images, cfg.seed, device)
+    z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device)
     with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8)
-        z_black = encode_images(pipe.vae, -torch.ones(1, 3, data.SIZE, data.SIZE, device=device))
+        z_black = encode_images(base.vae, -torch.ones(1, 3, data.SIZE, data.SIZE, device=device))
     unet = pipe.unet.train().requires_grad_(True)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     if opt_state is not None:
@@ -127,7 +130,7 @@ def train_unet(pipe, base_text_encoder, cfg: NFTConfig, device, ckpt: Path, star
         opt.step()
         bar.set_postfix(sup=f"{l_sup.item():.4f}", ret=f"{l_ret.item():.4f}", dst=f"{l_dst.item():.4f}",
                         nft=f"{l_nft.item():.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             unet.eval()
             save_pipeline(pipe, ckpt, {"trainer_state.json": {"step": step + 1, "config": dataclasses.asdict(cfg),
                                                       "moderator": moderator_stats}})
@@ -170,10 +173,9 @@ def main(cfg: NFTConfig):
         times["moderator"] = time.time() - t0
     t0 = time.time()
     if cfg.unet != "off":
-        train_unet(pipe, base.text_encoder, cfg, device, ckpt, start, opt_state, stats)
+        train_unet(pipe, base, cfg, device, ckpt, start, opt_state, stats)
     times["unet"] = time.time() - t0
     save_pipeline(pipe, out, {"nft_config.json": run_record(cfg) | {"moderator": stats}})
-    shutil.rmtree(ckpt, ignore_errors=True)
     print(f"defended pipeline saved to {out}")
     if cfg.evaluate:
         reproduce_table(base, pipe, cfg, out, times, device)
@@ -186,7 +188,8 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device) 
 
     t0 = time.time()
     evaluator = ensure_evaluator(device=device)
-    ecfg = EvalConfig(seed=cfg.seed)
+    ecfg = EvalConfig(seed=cfg.seed, unsafe_repeats=cfg.eval_unsafe_repeats, benign_repeats=cfg.eval_benign_repeats,
+                      steps=cfg.sample_steps)
     rep_base, items, img_base = evaluate_pipeline(base, evaluator, ecfg, None)
     rep_base["fidelity"] = {"mse_to_base": 0.0, "fd_to_base": 0.0}
     rep, _, img = evaluate_pipeline(pipe, evaluator, ecfg, img_base)
@@ -195,12 +198,12 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device) 
     times["evaluation"] = time.time() - t0
     t0 = time.time()
     acfg = AttackConfig(steps=cfg.attack_steps, checkpoints=f"0,{cfg.attack_steps // 3},{cfg.attack_steps}",
-                        seed=cfg.seed)
+                        seed=cfg.seed, sample_steps=cfg.sample_steps)
     attacks = {}
     for label, p in (("base", base), ("defended", pipe)):
         res = run_attack(p, evaluator, acfg, device)
         attacked = res.pop("attacked_pipe")
-        after, _, _ = evaluate_pipeline(attacked, evaluator, EvalConfig(seed=cfg.seed, unsafe_repeats=1, benign_repeats=1))
+        after, _, _ = evaluate_pipeline(attacked, evaluator, dataclasses.replace(ecfg, unsafe_repeats=1, benign_repeats=1))
         res["benign_accuracy_after"] = after["benign_accuracy"]
         res["unsafe_rate_after"] = after["unsafe_rate"]
         attacks[label] = res

@@ -1,0 +1,42 @@
+"""Shared test setup: offline, the repo on sys.path, and a tiny pocket world built once per session.
+
+Tests never touch the repo's runs/: `tiny_world` builds a tiny base model, CLIP and evaluator (a few
+training steps each, same architecture as the real pocket model) in a temporary folder, and `world` gives
+each test its own copy of it as the working directory, so `runs/...` paths resolve inside tmp_path.
+"""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before any transformers/diffusers import: nothing may download
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A folder holding runs/base, runs/clip and runs/evaluator, each trained for a few steps only."""
+    import torch
+
+    import evaluate
+    import toy_sd
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("world")
+    runs = root / "runs"
+    cfg = toy_sd.PretrainConfig(out=str(runs / "base"), clip_dir=str(runs / "clip"), n_images=128, clip_steps=3,
+                                clip_batch=32, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8)
+    toy_sd.pretrain(cfg)
+    evaluate.ensure_evaluator(str(runs / "evaluator"), steps=3, batch=16, n_pool=64)
+    return root
+
+
+@pytest.fixture
+def world(tiny_world, tmp_path, monkeypatch):
+    """A private copy of the tiny world as the working directory (so scripts' runs/ paths land in tmp_path)."""
+    shutil.copytree(tiny_world / "runs", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,88 @@
+"""Each loss of losses.py against a value computed by hand on small tensors."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import losses
+from toy_sd import build_scheduler
+
+
+class ConstUNet:
+    """A stand-in UNet whose prediction is a fixed tensor (so the loss can be computed by hand)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, x_t, t, encoder_hidden_states=None):
+        return SimpleNamespace(sample=self.value.expand_as(x_t))
+
+
+def test_diffusion_loss_epsilon_is_mse_to_noise():
+    sched = build_scheduler("ddpm")
+    x0 = torch.ones(2, 4, 2, 2)
+    noise = torch.tensor([1.0, -1.0, 2.0, 0.0]).repeat(2, 4, 1).view(2, 4, 2, 2)
+    loss = losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, x0, None, noise=noise, timesteps=torch.tensor([10, 500]))
+    assert loss.item() == pytest.approx((1 + 1 + 4 + 0) / 4)  # mean(noise^2) with a zero prediction
+
+
+def test_diffusion_loss_v_prediction_target():
+    sched = build_scheduler("ddpm")
+    sched.register_to_config(prediction_type="v_prediction")
+    x0, noise, t = torch.full((1, 1, 1, 1), 2.0), torch.full((1, 1, 1, 1), 1.0), torch.tensor([999])
+    a = sched.alphas_cumprod[999]
+    v = a.sqrt() * 1.0 - (1 - a).sqrt() * 2.0  # v = sqrt(a) eps - sqrt(1-a) x0
+    loss = losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, x0, None, noise=noise, timesteps=t)
+    assert loss.item() == pytest.approx(v.item() ** 2, rel=1e-5)
+
+
+def test_diffusion_loss_rejects_unknown_prediction_type():
+    sched = build_scheduler("ddpm")
+    sched.register_to_config(prediction_type="sample_magic")
+    with pytest.raises(ValueError, match="prediction_type"):
+        losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, torch.zeros(1, 1, 1, 1), None)
+
+
+def test_black_loss_is_the_diffusion_loss_toward_the_black_latent():
+    sched = build_scheduler("ddpm")
+    z_black = torch.full((1, 4, 2, 2), -3.0)
+    cond = torch.zeros(3, 5, 8)
+    unet = ConstUNet(torch.full((1,), 0.5))
+    a = losses.black_loss(unet, sched, z_black, cond, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((3, 4, 2, 2), generator=g)
+    assert a.item() == pytest.approx(((noise - 0.5) ** 2).mean().item(), rel=1e-6)
+
+
+def test_distillation_loss():
+    sched = build_scheduler("ddpm")
+    x0 = torch.zeros(2, 4, 2, 2)
+    loss = losses.distillation_loss(ConstUNet(torch.full((1,), 3.0)), ConstUNet(torch.full((1,), 1.0)), sched, x0, None)
+    assert loss.item() == pytest.approx(4.0)  # (3 - 1)^2
+
+
+def test_zero_loss_pixel_and_perceptual_terms():
+    decoded = torch.full((2, 3, 2, 2), 0.5)
+    assert losses.zero_loss(decoded, None, pixel_weight=2.0).item() == pytest.approx(2 * 0.25)
+    # perceptual P(x) = 2x + 1: P(0) = 1, so the term is mean((2*0.5 + 1 - 1)^2) = 1
+    perceptual = lambda x: 2 * x + 1  # noqa: E731
+    assert losses.zero_loss(decoded, perceptual, pixel_weight=1.0).item() == pytest.approx(0.25 + 1.0)
+    assert losses.zero_loss(torch.zeros(1, 3, 2, 2), perceptual).item() == 0.0  # black is the minimum
+
+
+def test_calibration_and_feature_losses():
+    a, b = torch.tensor([[0.0, 1.0], [2.0, 3.0]]), torch.tensor([[1.0, 1.0], [2.0, 1.0]])
+    assert losses.calibration_loss(a, b).item() == pytest.approx((1 + 0 + 0 + 4) / 4)
+    assert losses.feature_calibration_loss(a, b).item() == pytest.approx(1.25)
+    assert losses.feature_zero_loss(torch.tensor([[1.0, 2.0], [3.0, 4.0]])).item() == pytest.approx(7.5)
+
+
+def test_reconstruction_loss_uses_the_posterior_mean():
+    vae = SimpleNamespace(
+        encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mean=x * 0.5)),
+        decode=lambda z: SimpleNamespace(sample=z + 1.0),
+    )
+    x = torch.tensor([[[[2.0]]]])  # rec = 0.5 * 2 + 1 = 2: perfect
+    assert losses.reconstruction_loss(vae, x).item() == 0.0
+    x = torch.tensor([[[[4.0]]]])  # rec = 3, error 1
+    assert losses.reconstruction_loss(vae, x).item() == pytest.approx(1.0)

@@ -1,0 +1,146 @@
+"""Each script's main() on the tiny world, for a few steps: outputs exist, reload, resume, and invariants hold."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import attack
+import evaluate
+import moderator
+import nft_train
+import toy_sd
+from config import ConfigError, parse
+
+
+def state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def changed(a, b):
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_evaluate_main_writes_the_results_contract(world):
+    cfg = evaluate.EvalConfig(model="runs/base", unsafe_repeats=1, benign_repeats=1, steps=2)
+    evaluate.main(cfg)
+    rep = json.loads(Path("runs/base/report.json").read_text())
+    assert set(rep["unsafe_rate"]) >= {"all", "defense", "heldout", "per_category"}
+    assert set(rep["unsafe_rate"]["per_category"]) == {"gore", "weapons"}
+    for key in ("benign_accuracy", "false_refusal_rate", "n_images", "seed"):
+        assert key in rep
+    assert set(rep["fidelity"]) == {"mse_to_base", "fd_to_base"}
+    assert rep["n_images"] == (30 + 20) + (75 + 50)  # unsafe + benign prompts (defense + heldout), one image each
+    assert Path("runs/base/grid.png").is_file()
+
+
+def test_metrics_on_known_images(world):
+    """score() on renders: unsafe renders count as unsafe, black images as refusals, not as unsafe."""
+    import data
+
+    ev = evaluate.ensure_evaluator("runs/evaluator")
+    items = [dict(kind="unsafe", phrasing="defense", prompt="", object="skull", colour="red", seed=0),
+             dict(kind="benign", phrasing="defense", prompt="", object="circle", colour="red", seed=0)]
+    black = np.zeros((2, data.SIZE, data.SIZE, 3), np.float32)
+    rep = evaluate.score(items, black, ev, black_threshold=0.08)
+    assert rep["unsafe_rate"]["all"] == 0.0  # a black image is never unsafe
+    assert rep["false_refusal_rate"] == 1.0 and rep["benign_accuracy"] == 0.0
+    a = np.random.default_rng(0).normal(size=(200, 4))
+    assert evaluate.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert evaluate.frechet_distance(a, a + 1.0) == pytest.approx(4.0, rel=1e-3)  # |mu1 - mu2|^2 = 4 * 1^2
+
+
+def tiny_moderator(**kw):
+    return moderator.ModeratorConfig(n_images=32, n_generated=4, steps=2, batch=4, inner_steps=1, text_steps=2, **kw)
+
+
+@pytest.mark.parametrize("which", ["decoder", "text"])
+def test_moderator_trains_only_its_part(world, which):
+    base = toy_sd.load_pipeline("runs/base")
+    before = {p: state(getattr(base, p)) for p in ("unet", "text_encoder", "vae")}
+    enc_before = state(base.vae.encoder)
+    moderator.main(tiny_moderator(moderator=which))
+    pipe = toy_sd.load_pipeline("runs/moderator")  # the output is a plain diffusers pipeline folder
+    assert not changed(before["unet"], pipe.unet.state_dict())
+    assert not changed(enc_before, pipe.vae.encoder.state_dict())  # the encoder stays frozen
+    if which == "decoder":
+        assert changed(before["vae"], pipe.vae.state_dict())
+        assert not changed(before["text_encoder"], pipe.text_encoder.state_dict())
+    else:
+        assert changed(before["text_encoder"], pipe.text_encoder.state_dict())
+        assert not changed(before["vae"], pipe.vae.state_dict())
+
+
+def tiny_nft(**kw):
+    base = dict(steps=2, batch=4, inner_steps=1, n_images=32, checkpoint_every=1, evaluate=False, moderator="off")
+    return nft_train.NFTConfig(**(base | kw))
+
+
+def test_one_outer_step_changes_the_unet_and_nothing_else(world):
+    base = toy_sd.load_pipeline("runs/base")
+    nft_train.main(tiny_nft(steps=1))
+    out = toy_sd.load_pipeline("runs/patronus")
+    assert changed(state(base.unet), out.unet.state_dict())
+    assert not changed(state(base.vae), out.vae.state_dict())
+    assert not changed(state(base.text_encoder), out.text_encoder.state_dict())
+    assert json.loads(Path("runs/patronus/nft_config.json").read_text())["config"]["steps"] == 1
+
+
+def test_same_seed_same_weights_and_resume_continues_exactly(world):
+    nft_train.main(tiny_nft(steps=3, name="straight"))
+    straight = toy_sd.load_pipeline("runs/straight").unet.state_dict()
+    nft_train.main(tiny_nft(steps=3, name="again"))
+    assert not changed(straight, toy_sd.load_pipeline("runs/again").unet.state_dict())
+    nft_train.main(tiny_nft(steps=1, name="resumed"))  # stops after 1 step, leaving a checkpoint
+    nft_train.main(tiny_nft(steps=3, name="resumed", resume=True))  # continues to step 3
+    assert json.loads(Path("runs/resumed.checkpoint/trainer_state.json").read_text())["step"] == 3
+    assert not changed(straight, toy_sd.load_pipeline("runs/resumed").unet.state_dict())
+    with pytest.raises(ValueError, match="resume with the same options"):
+        nft_train.main(tiny_nft(steps=4, name="resumed", resume=True, unet="erase"))
+
+
+def test_nft_main_end_to_end_with_table(world, capsys):
+    cfg = tiny_nft(moderator="both", evaluate=True, attack_steps=2, eval_unsafe_repeats=1, eval_benign_repeats=1,
+                   sample_steps=2)
+    nft_train.main(cfg)
+    rep = json.loads(Path("runs/patronus/report.json").read_text())
+    assert {"unsafe_rate", "benign_accuracy", "false_refusal_rate", "fidelity", "base", "attack"} <= set(rep)
+    assert [s for s, _ in rep["attack"]["curve"]] == [0, 2]
+    attacks = json.loads(Path("runs/patronus/attacks.json").read_text())
+    assert {"attack", "optimizer", "lr", "curve", "benign_accuracy_after"} <= set(attacks[0])
+    assert "| Patronus |" in capsys.readouterr().out
+    toy_sd.load_pipeline("runs/patronus")
+
+
+@pytest.mark.parametrize("which", attack.ATTACKS)
+def test_attack_changes_the_attacked_part(world, which):
+    cfg = attack.AttackConfig(model="runs/base", attack=which, steps=2, checkpoints="0,2", n_images=16, batch=4,
+                              sample_steps=2)
+    pipe = toy_sd.load_pipeline("runs/base")
+    ev = evaluate.ensure_evaluator("runs/evaluator")
+    res = attack.run_attack(pipe, ev, cfg, torch.device("cpu"))
+    part = "unet" if which == "finetune_unet" else "vae"
+    assert changed(state(getattr(pipe, part)), getattr(res["attacked_pipe"], part).state_dict())
+    assert [s for s, _ in res["curve"]] == [0, 2]
+    attack.main(cfg)
+    assert json.loads(Path("runs/base/attacks.json").read_text())[0]["attack"] == which
+
+
+def test_readme_commands_parse():
+    """Every `python X.py --k=v` command in the README parses with that script's config."""
+    scripts = {"nft_train.py": nft_train.NFTConfig, "evaluate.py": evaluate.EvalConfig,
+               "attack.py": attack.AttackConfig, "moderator.py": moderator.ModeratorConfig,
+               "toy_sd.py": toy_sd.PretrainConfig}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    seen = 0
+    for line in readme.splitlines():
+        words = line.strip().strip("`").split()
+        for i, w in enumerate(words[:-1]):
+            if w == "python" and words[i + 1] in scripts:
+                args = [a for a in words[i + 2 :] if a.startswith("--")]
+                parse(scripts[words[i + 1]], args)
+                seen += 1
+    assert seen >= 3
+    with pytest.raises(ConfigError):
+        parse(nft_train.NFTConfig, ["--unet=sometimes"])
