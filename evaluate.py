@@ -253,8 +253,9 @@ def main(cfg: EvalConfig):
     rep, items, images = evaluate_pipeline(pipe, evaluator, cfg, ref_images)
     if ref_images is None and cfg.reference == cfg.model:
         rep["fidelity"] = {"mse_to_base": 0.0, "fd_to_base": 0.0}
+    # beside the model when it is a local folder; runs/<name>/ when a name is given or the model is a hub id
     out = Path("runs") / cfg.name if cfg.name else Path(cfg.model)
-    if not out.is_dir():
+    if not cfg.name and not out.is_dir():
         out = Path("runs") / Path(cfg.model).name
     rep |= {"model": cfg.model, "seconds": round(time.time() - t0, 1), "run": run_record(cfg)}
     write_json(out / "report.json", rep)

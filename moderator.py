@@ -47,18 +47,18 @@ class ModeratorConfig:
     n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign)")
     n_generated: int = option(256, "base-model generations per kind whose final latents are added")
     steps: int = option(300, "outer steps of the decoder moderator")
-    batch: int = option(32, "latents per kind per step")
-    lr: float = option(1e-3, "Adam learning rate of the defender")
-    w_cal: float = option(4.0, "weight of the calibration loss on benign features")
+    batch: int = option(16, "latents per kind per step")
+    lr: float = option(3e-4, "Adam learning rate of the defender")
+    w_cal: float = option(10.0, "weight of the calibration loss on benign features")
     w_rec: float = option(1.0, "weight of the reconstruction loss on benign images")
     pixel_weight: float = option(1.0, "weight of the pixel term inside the zero loss")
     # hardening (simulated decoder fine-tuning)
     harden: bool = option(True, "simulate the attacker's decoder fine-tuning during training")
-    inner_steps: int = option(5, "K: simulated attacker steps per outer step")
+    inner_steps: int = option(3, "K: simulated attacker steps per outer step")
     w_nft: float = option(1.0, "weight of the zero loss after simulated fine-tuning")
     # text moderator
     text_steps: int = option(300, "steps of the text moderator")
-    text_lr: float = option(1e-3, "Adam learning rate of the text moderator")
+    text_lr: float = option(3e-4, "Adam learning rate of the text moderator")
 
 
 # attacker-like optimizers and learning rates for the simulated fine-tuning (spanning two decades and more)

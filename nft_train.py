@@ -45,7 +45,7 @@ class NFTConfig:
     seed: int = option(0, "one seed for data, sampling of simulated attackers and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # outer loop
-    steps: int = option(400, "outer steps")
+    steps: int = option(300, "outer steps")
     batch: int = option(16, "batch size of every term")
     lr: float = option(1e-4, "Adam learning rate of the defender")
     w_sup: float = option(1.0, "weight of suppression at the current weights (1)")
@@ -53,7 +53,7 @@ class NFTConfig:
     w_dst: float = option(1.0, "weight of distillation inside benign retention")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
-    inner_steps: int = option(4, "K: simulated fine-tuning steps per outer step")
+    inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
     n_images: int = option(2048, "defender's images per kind (unsafe / benign)")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
