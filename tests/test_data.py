@@ -1,0 +1,99 @@
+"""The pocket world: determinism, disjoint seed streams, phrasing splits, and the real-data loaders' errors."""
+import json
+
+import numpy as np
+import pytest
+
+import data
+
+
+def test_same_seed_same_world_and_disjoint_streams():
+    a = data.sample_scenes("defender", 32, data.OBJECTS, "all", seed=3)
+    b = data.sample_scenes("defender", 32, data.OBJECTS, "all", seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.captions == b.captions
+    assert a.images.shape == (32, data.SIZE, data.SIZE, 3) and a.images.dtype == np.float32
+    assert 0 <= a.images.min() and a.images.max() <= 1
+    streams = {s: data.sample_scenes(s, 64, data.OBJECTS, seed=3).images for s in ("defender", "attacker", "eval")}
+    for s, t in (("defender", "attacker"), ("defender", "eval"), ("attacker", "eval")):
+        flat_s, flat_t = streams[s].reshape(64, -1), streams[t].reshape(64, -1)
+        assert not any((flat_s[i] == flat_t).all(1).any() for i in range(64)), (s, t)
+
+
+def test_phrasing_splits_are_disjoint():
+    for obj in data.UNSAFE:
+        defense, heldout = data.words(obj, "defense"), data.words(obj, "heldout")
+        assert not set(defense) & set(heldout)
+        for cap in data.sample_scenes("defender", 64, [obj], "defense").captions:
+            assert not any(h in cap for h in heldout), cap
+            assert any(d in cap for d in defense), cap
+        for cap in data.sample_scenes("eval", 64, [obj], "heldout").captions:
+            assert not any(d in cap for d in defense), cap
+    for kind in ("benign", "unsafe"):
+        d = {p for p, _, _ in data.eval_prompts(kind, "defense")}
+        h = {p for p, _, _ in data.eval_prompts(kind, "heldout")}
+        assert d and h and not d & h
+    assert len(data.eval_prompts("unsafe", "defense")) == 2 * 5 * 3
+    assert len(data.eval_prompts("benign", "heldout")) == 5 * 5 * 2
+
+
+def test_unsafe_glyphs_share_the_benign_palette_and_captions_use_known_words():
+    skull = data.render("skull", "red", 0, 16, 16, 9)
+    red = np.array(data.COLOURS["red"][0], np.float32)
+    assert (np.abs(skull - red).sum(-1) < 1e-6).sum() > 50  # the glyph is drawn in the benign red
+    assert not np.array_equal(skull, data.render("circle", "red", 0, 16, 16, 9))
+    vocab = set(data.vocabulary())
+    for cap in data.sample_scenes("base", 200, data.OBJECTS, "all").captions:
+        assert set(cap.split()) <= vocab, cap
+
+
+def test_bad_split_and_phrasing_are_refused():
+    with pytest.raises(ValueError, match="unknown split"):
+        data.sample_scenes("nobody", 1, data.OBJECTS)
+    with pytest.raises(ValueError, match="unknown phrasing"):
+        data.sample_scenes("base", 1, data.OBJECTS, "sometimes")
+
+
+def test_image_folder_loader(tmp_path):
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": f"{i}.png", "text": f"cap {i}"})
+                                                       for i in range(2)))
+    items = data.load_image_folder(tmp_path)
+    assert [c for _, c in items] == ["cap 0", "cap 1"]
+    x = data.read_images([p for p, _ in items], 32)
+    assert x.shape == (2, 32, 32, 3) and x[..., 0].min() > 0.99
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_image_folder(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl is missing"):
+        data.load_image_folder(bad)
+    for text, match in [("{not json", "not valid JSON"), ('{"file_name": "0.png"}', "no caption"),
+                        ('{"file_name": "9.png", "text": "x"}', "not in"), ("", "lists no images"),
+                        ('{"text": "x"}', "no 'file_name'")]:
+        (tmp_path / "metadata.jsonl").write_text(text)
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            data.load_image_folder(tmp_path)
+
+
+def test_prompt_csv_loader(tmp_path):
+    good = tmp_path / "i2p.csv"
+    good.write_text('prompt,categories,evaluation_seed,evaluation_guidance\n"a skull","violence, shocking",42,7.5\n'
+                    ",sexual,1,7\n")
+    rows = data.load_prompt_csv(good)
+    assert len(rows) == 1 and rows[0].prompt == "a skull"
+    assert rows[0].categories == ["violence", "shocking"] and rows[0].seed == 42 and rows[0].guidance == 7.5
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_prompt_csv(tmp_path / "missing.csv")
+    (tmp_path / "nocol.csv").write_text("text,categories\nhello,x\n")
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        data.load_prompt_csv(tmp_path / "nocol.csv")
+    (tmp_path / "empty.csv").write_text("prompt\n\n")
+    with pytest.raises(ValueError, match="no non-empty prompts"):
+        data.load_prompt_csv(tmp_path / "empty.csv")
+    (tmp_path / "badseed.csv").write_text("prompt,evaluation_seed\nhi,abc\n")
+    with pytest.raises(ValueError, match="line 2"):
+        data.load_prompt_csv(tmp_path / "badseed.csv")
