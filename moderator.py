@@ -92,9 +92,11 @@ def decoder_params(vae):
 
 
 @torch.no_grad()
-def collect_features(pipe, kind: str, cfg: ModeratorConfig, device):
-    """The defender's features of one kind: VAE latents of its own renders + base generations' final latents.
+def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
+    """The defender's features of one kind: VAE latents of its own renders + final latents of generations.
 
+    Generations come from `pipe` and from each pipeline in `sources` (in nft_train: the base model and the
+    NFT-defended one, so the moderator knows both what the UNet made before and after its own defence).
     Only `defense` phrasings are used; data comes from the defender's seed stream.
     """
     from toy_sd import encode_images, to_tensor
@@ -106,9 +108,10 @@ def collect_features(pipe, kind: str, cfg: ModeratorConfig, device):
     if cfg.n_generated:
         prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1).captions
         g = [torch.Generator("cpu").manual_seed(cfg.seed * 100_000 + i) for i in range(len(prompts))]
-        for i in range(0, len(prompts), 128):
-            z.append(pipe(prompt=prompts[i : i + 128], generator=g[i : i + 128], num_inference_steps=20,
-                          guidance_scale=5.0, output_type="latent").images)
+        for source in (pipe, *sources):
+            for i in range(0, len(prompts), 128):
+                z.append(source(prompt=prompts[i : i + 128], generator=g[i : i + 128], num_inference_steps=20,
+                                guidance_scale=5.0, output_type="latent").images)
     return torch.cat(z), images
 
 
@@ -125,12 +128,12 @@ def simulated_decoder_attack(vae, unsafe_images, k: int, opt_name: str, lr: floa
     return adapted
 
 
-def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None) -> dict:
+def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None, sources=()) -> dict:
     """Fine-tune pipe.vae's decoder in place into the internal moderator; returns the last loss values."""
     vae = pipe.vae
     vae0 = copy.deepcopy(vae).eval().requires_grad_(False)  # D0, the original decoder
-    z_u, x_u = collect_features(pipe, "unsafe", cfg, device)
-    z_b, x_b = collect_features(pipe, "benign", cfg, device)
+    z_u, x_u = collect_features(pipe, "unsafe", cfg, device, sources)
+    z_b, x_b = collect_features(pipe, "benign", cfg, device, sources)
     vae.requires_grad_(False)
     params = decoder_params(vae)
     for p in params:
@@ -194,7 +197,7 @@ def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
     return {"feature_zero": l_fz.item(), "feature_calibration": l_fc.item()}
 
 
-def apply_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
+def apply_moderator(pipe, cfg: ModeratorConfig, device, sources=()) -> dict:
     """Train the moderator(s) named by cfg.moderator into pipe, in place; returns losses and timings."""
     from toy_sd import load_clip
 
@@ -202,7 +205,8 @@ def apply_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
     if cfg.moderator in ("decoder", "both"):
         t0 = time.time()
         vision = load_clip().vision_model.to(device)
-        out["decoder"] = train_decoder_moderator(pipe, cfg, device, lambda x: losses.perceptual_features(vision, x))
+        perceptual = lambda x: losses.perceptual_features(vision, x)  # noqa: E731
+        out["decoder"] = train_decoder_moderator(pipe, cfg, device, perceptual, sources)
         out["decoder"]["seconds"] = round(time.time() - t0, 1)
     if cfg.moderator in ("text", "both"):
         t0 = time.time()

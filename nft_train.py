@@ -1,4 +1,4 @@
-"""nft_train.py: Patronus end to end. The internal moderator, then the non-fine-tunable (NFT) UNet.
+"""nft_train.py: Patronus end to end. The non-fine-tunable (NFT) UNet, then the internal moderator.
 
 The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON):
   1. suppression        black loss on unsafe `defense` prompts: the UNet denoises them toward the black image
@@ -77,8 +77,7 @@ def defender_data(pipe, kind: str, n: int, seed: int, device):
     return z, c
 
 
-def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None,
-               moderator_stats=None):
+def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None):
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt."""
     from toy_sd import build_scheduler, encode_images, save_pipeline
 
@@ -132,15 +131,14 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
                         nft=f"{l_nft.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             unet.eval()
-            save_pipeline(pipe, ckpt, {"trainer_state.json": {"step": step + 1, "config": dataclasses.asdict(cfg),
-                                                      "moderator": moderator_stats}})
+            save_pipeline(pipe, ckpt, {"trainer_state.json": {"step": step + 1, "config": dataclasses.asdict(cfg)}})
             torch.save(opt.state_dict(), ckpt / "optimizer.pt")
             unet.train()
     unet.eval().requires_grad_(False)
 
 
 def main(cfg: NFTConfig):
-    """Train Patronus (moderator, then NFT UNet), save the defended pipeline, evaluate and attack it."""
+    """Train Patronus (NFT UNet, then the moderator), save the defended pipeline, evaluate and attack it."""
     from toy_sd import ensure_base, load_pipeline, save_pipeline
 
     device = pick_device(cfg.device)
@@ -153,28 +151,26 @@ def main(cfg: NFTConfig):
         ensure_base()
     times["base model"] = time.time() - t0
     base = load_pipeline(cfg.model, device)
-    state = ckpt / "trainer_state.json"
-    if cfg.resume and state.is_file():
-        saved = json.loads(state.read_text())
-        if saved["config"]["unet"] != cfg.unet or saved["config"]["moderator"] != cfg.moderator:
-            raise ValueError(f"{ckpt} was written with --unet={saved['config']['unet']} "
-                             f"--moderator={saved['config']['moderator']}; resume with the same options")
+    start, opt_state, pipe = 0, None, None
+    if cfg.resume and (ckpt / "trainer_state.json").is_file():
+        saved = json.loads((ckpt / "trainer_state.json").read_text())
+        if saved["config"]["unet"] != cfg.unet:
+            raise ValueError(f"{ckpt} was written with --unet={saved['config']['unet']}; resume with the same options")
         start = saved["step"]
         pipe = load_pipeline(str(ckpt), device)
         opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        stats = saved.get("moderator", {})
         print(f"resuming from {ckpt} at outer step {start}")
-    else:
-        start, opt_state = 0, None
-        pipe = load_pipeline(cfg.model, device)
-        t0 = time.time()
-        mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, seed=cfg.seed, device=cfg.device)
-        stats = apply_moderator(pipe, mcfg, device)
-        times["moderator"] = time.time() - t0
+    pipe = pipe or load_pipeline(cfg.model, device)
+    # The UNet first, then the moderator: the moderator then learns the unsafe features of both the base UNet
+    # (what an attacker who undoes the NFT gets back) and the defended UNet.
     t0 = time.time()
     if cfg.unet != "off":
-        train_unet(pipe, base, cfg, device, ckpt, start, opt_state, stats)
+        train_unet(pipe, base, cfg, device, ckpt, start, opt_state)
     times["unet"] = time.time() - t0
+    t0 = time.time()
+    mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, seed=cfg.seed, device=cfg.device)
+    stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])
+    times["moderator"] = time.time() - t0
     save_pipeline(pipe, out, {"nft_config.json": run_record(cfg) | {"moderator": stats}})
     print(f"defended pipeline saved to {out}")
     if cfg.evaluate:
