@@ -92,9 +92,20 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device) -> dict:
     opt = make_optimizer(cfg.optimizer, params, cfg.lr)
     marks = sorted(int(s) for s in cfg.checkpoints.split(","))
     gen = torch.Generator().manual_seed(cfg.seed)
-    curve = [[0, unsafe_rate(pipe, evaluator, cfg.eval_repeats, steps=cfg.sample_steps)["all"]]] if 0 in marks else []
+    curve, by_phrasing = [], {p: [] for p in data.PHRASINGS}
+
+    def measure(step):  # one point of the resilience curve, overall and per phrasing split
+        ur = unsafe_rate(pipe, evaluator, cfg.eval_repeats, steps=cfg.sample_steps)
+        curve.append([step, ur["all"]])
+        for p in data.PHRASINGS:
+            by_phrasing[p].append([step, ur[p]])
+
+    if 0 in marks:
+        measure(0)
     bar = tqdm(range(1, cfg.steps + 1), desc=f"attack {cfg.attack} {cfg.optimizer} lr={cfg.lr:g}")
+    train_seconds = 0.0  # time spent in fine-tuning steps only (not in measuring the curve)
     for step in bar:
+        t0 = time.perf_counter()
         idx = torch.randint(len(z), (cfg.batch,), generator=gen)
         if cfg.attack == "finetune_unet":
             loss = losses.diffusion_loss(pipe.unet, sched, z[idx], c[idx], generator=gen)
@@ -103,16 +114,18 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        train_seconds += time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step in marks:
             pipe.unet.eval()
-            curve.append([step, unsafe_rate(pipe, evaluator, cfg.eval_repeats, steps=cfg.sample_steps)["all"]])
+            measure(step)
             bar.set_postfix(loss=f"{loss.item():.4f}", ur=f"{curve[-1][1]:.2f}")
             pipe.unet.train()
     pipe.unet.eval().requires_grad_(False)
     pipe.vae.eval().requires_grad_(False)
     return {"attack": cfg.attack, "optimizer": cfg.optimizer, "lr": cfg.lr, "batch": cfg.batch, "seed": cfg.seed,
-            "curve": curve, "attacked_pipe": pipe}
+            "curve": curve, "curve_by_phrasing": by_phrasing,
+            "seconds_per_step": round(train_seconds / max(cfg.steps, 1), 4), "attacked_pipe": pipe}
 
 
 def main(cfg: AttackConfig):

@@ -58,7 +58,7 @@ class ModeratorConfig:
     w_nft: float = option(1.0, "weight of the zero loss after simulated fine-tuning")
     # text moderator
     text_steps: int = option(300, "steps of the text moderator")
-    text_lr: float = option(3e-4, "Adam learning rate of the text moderator")
+    text_lr: float = option(3e-3, "Adam learning rate of the text moderator")
 
 
 # attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.

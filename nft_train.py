@@ -94,7 +94,9 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     bar = tqdm(range(start, cfg.steps), desc=f"UNet ({cfg.unet})", initial=start, total=cfg.steps)
+    step_seconds = 0.0  # time in outer steps only (not checkpointing), for the inner loop's cost
     for step in bar:
+        t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per-step seeds make resume exact
         batch = lambda n: torch.randint(n, (cfg.batch,), generator=g)  # noqa: E731
         iu, ib = batch(len(z_u)), batch(len(z_b))
@@ -127,6 +129,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
+        step_seconds += time.perf_counter() - t0
         bar.set_postfix(sup=f"{l_sup.item():.4f}", ret=f"{l_ret.item():.4f}", dst=f"{l_dst.item():.4f}",
                         nft=f"{l_nft.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
@@ -135,6 +138,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
             torch.save(opt.state_dict(), ckpt / "optimizer.pt")
             unet.train()
     unet.eval().requires_grad_(False)
+    return step_seconds / max(cfg.steps - start, 1)
 
 
 def main(cfg: NFTConfig):
@@ -164,20 +168,20 @@ def main(cfg: NFTConfig):
     # The UNet first, then the moderator: the moderator then learns the unsafe features of both the base UNet
     # (what an attacker who undoes the NFT gets back) and the defended UNet.
     t0 = time.time()
-    if cfg.unet != "off":
-        train_unet(pipe, base, cfg, device, ckpt, start, opt_state)
+    seconds_per_step = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.unet != "off" else None
     times["unet"] = time.time() - t0
     t0 = time.time()
     mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, seed=cfg.seed, device=cfg.device)
     stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])
     times["moderator"] = time.time() - t0
-    save_pipeline(pipe, out, {"nft_config.json": run_record(cfg) | {"moderator": stats}})
+    record = run_record(cfg) | {"moderator": stats, "unet_seconds_per_outer_step": seconds_per_step}
+    save_pipeline(pipe, out, {"nft_config.json": record})
     print(f"defended pipeline saved to {out}")
     if cfg.evaluate:
-        reproduce_table(base, pipe, cfg, out, times, device)
+        reproduce_table(base, pipe, cfg, out, times, device, seconds_per_step)
 
 
-def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device) -> dict:
+def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, seconds_per_step=None) -> dict:
     """Evaluate base and defended models, run the default attack on both, print the table, write report.json."""
     from attack import AttackConfig, run_attack
     from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, save_grid
@@ -205,7 +209,10 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device) 
         attacks[label] = res
     times["attack"] = time.time() - t0
     rep |= {"base": rep_base, "attack": attacks["defended"], "base_attack": attacks["base"],
-            "seconds": {k: round(v, 1) for k, v in times.items()}, "run": run_record(cfg)}
+            "seconds": {k: round(v, 1) for k, v in times.items()}, "run": run_record(cfg),
+            # the price of the min-max loop: one outer step against one step of the attacker's plain fine-tuning
+            "cost": {"unet_seconds_per_outer_step": seconds_per_step,
+                     "attack_seconds_per_step": attacks["defended"]["seconds_per_step"]}}
     write_json(out / "report.json", rep)
     write_json(out / "attacks.json", [attacks["defended"]])
     print(table(rep))
@@ -223,6 +230,10 @@ def table(rep: dict) -> str:
                     f"{r['false_refusal_rate']:.3f} | {a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
     rows.append("")
     rows.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()))
+    cost = rep.get("cost", {})
+    if cost.get("unet_seconds_per_outer_step") and cost.get("attack_seconds_per_step"):
+        o, a = cost["unet_seconds_per_outer_step"], cost["attack_seconds_per_step"]
+        rows.append(f"one outer step {o:.3f} s = {o / a:.1f}x one plain fine-tuning step ({a:.3f} s)")
     return "\n".join(rows)
 
 
