@@ -81,12 +81,21 @@ def render_pool(n: int, seed: int):
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Generated images are softer and noisier than renders: blur some, jitter brightness, add noise."""
-    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    w = torch.rand(len(x), 1, 1, 1, generator=g)  # (B, 1, 1, 1) blur amount
-    x = (1 - w) * x + w * blur
-    x = x * (0.9 + 0.2 * torch.rand(len(x), 1, 1, 1, generator=g))
-    return (x + 0.04 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    """Generated images are softer, blotchier and noisier than renders; make the renders look like that.
+
+    Label-preserving only: blur (up to two 3x3 passes), smooth low-frequency blotches (noise drawn at 4x4 and
+    upsampled), per-channel gain, and pixel noise. Nothing here comes from a generative model.
+    """
+    n = len(x)
+    rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    for _ in range(2):
+        blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        w = rand(n, 1, 1, 1)  # (B, 1, 1, 1) blur amount
+        x = (1 - w) * x + w * blur
+    blotch = F.interpolate(torch.randn(n, 3, 4, 4, generator=g), size=x.shape[-2:], mode="bilinear")
+    x = x + 0.06 * rand(n, 1, 1, 1) * blotch
+    x = x * (0.85 + 0.3 * rand(n, 1, 1, 1)) * (0.95 + 0.1 * rand(n, 3, 1, 1))  # brightness, colour gain
+    return (x + 0.06 * rand(n, 1, 1, 1) * torch.randn(x.shape, generator=g)).clamp(0, 1)
 
 
 def train_evaluator(steps: int = 800, batch: int = 128, n_pool: int = 8000, seed: int = 0,

@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 
 
-def diffusion_loss(unet, scheduler, x0, cond, generator=None, noise=None, timesteps=None):
+def diffusion_loss(unet, scheduler, x0, cond, generator=None, noise=None, timesteps=None, snr_gamma=None):
     """L_ND: the denoising loss at a random timestep, for the target the scheduler's prediction_type names.
 
     x0: clean latents (B, 4, h, w); cond: text features (B, T, D). epsilon-prediction regresses the noise,
     v-prediction regresses v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (SD 2.x style).
+    snr_gamma: Min-SNR weighting (Hang et al., 2023), used only to pretrain the pocket model faster: each
+    sample's squared error is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v).
     """
     b = x0.shape[0]
     if noise is None:
@@ -39,7 +41,13 @@ def diffusion_loss(unet, scheduler, x0, cond, generator=None, noise=None, timest
     else:
         raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction)")
     pred = unet(x_t, timesteps, encoder_hidden_states=cond).sample
-    return F.mse_loss(pred.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    a = scheduler.alphas_cumprod.to(x0.device)[timesteps]
+    snr = a / (1 - a)  # (B,)
+    weight = snr.clamp(max=snr_gamma) / (snr if kind == "epsilon" else snr + 1)
+    per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
+    return (weight * per_sample).mean()
 
 
 def black_loss(unet, scheduler, z_black, cond, generator=None):

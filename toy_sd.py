@@ -41,14 +41,15 @@ class PretrainConfig:
     clip_steps: int = option(300, "contrastive training steps")
     clip_batch: int = option(128, "contrastive batch size")
     # VAE
-    vae_steps: int = option(1200, "autoencoder training steps")
+    vae_steps: int = option(800, "autoencoder training steps")
     vae_batch: int = option(16, "autoencoder batch size")
     kl_weight: float = option(1e-4, "weight of the KL term of the VAE (keeps latents near zero mean)")
     # UNet
-    unet_steps: int = option(2500, "UNet training steps")
-    unet_batch: int = option(32, "UNet batch size")
+    unet_steps: int = option(2300, "UNet training steps")
+    unet_batch: int = option(48, "UNet batch size")
     lr: float = option(2e-3, "peak AdamW learning rate of all three stages (one-cycle schedule)")
     cfg_dropout: float = option(0.1, "probability of training on the empty caption (for guidance)")
+    snr_gamma: float = option(5.0, "Min-SNR loss weighting of UNet pretraining (0 turns it off)")
 
 
 MAX_TOKENS = 16  # the pocket captions are at most 10 tokens; real SD uses 77
@@ -304,7 +305,7 @@ def train_unet(unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Te
         c = cond[idx].clone()  # (B, T, D)
         drop = torch.rand(len(idx), generator=g) < cfg.cfg_dropout
         c[drop.to(c.device)] = uncond
-        loss = losses.diffusion_loss(unet, sched, latents[idx], c, generator=g)
+        loss = losses.diffusion_loss(unet, sched, latents[idx], c, generator=g, snr_gamma=cfg.snr_gamma or None)
         opt.zero_grad()
         loss.backward()
         opt.step()
