@@ -45,7 +45,7 @@ class PretrainConfig:
     vae_batch: int = option(16, "autoencoder batch size")
     kl_weight: float = option(1e-4, "weight of the KL term of the VAE (keeps latents near zero mean)")
     # UNet
-    unet_steps: int = option(2300, "UNet training steps")
+    unet_steps: int = option(2500, "UNet training steps")
     unet_batch: int = option(48, "UNet batch size")
     lr: float = option(2e-3, "peak AdamW learning rate of all three stages (one-cycle schedule)")
     cfg_dropout: float = option(0.1, "probability of training on the empty caption (for guidance)")

@@ -36,6 +36,18 @@ def test_diffusion_loss_v_prediction_target():
     assert loss.item() == pytest.approx(v.item() ** 2, rel=1e-5)
 
 
+def test_min_snr_weighting_by_hand():
+    sched = build_scheduler("ddpm")
+    x0, noise = torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1)
+    t = torch.tensor([5, 900])  # a high-SNR and a low-SNR timestep
+    loss = losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, x0, None, noise=noise, timesteps=t, snr_gamma=5.0)
+    a = sched.alphas_cumprod[t]
+    snr = a / (1 - a)
+    assert snr[0] > 5 > snr[1]  # the weight is clipped for the first sample only
+    expected = ((5.0 / snr[0]) * 1.0 + 1.0 * 1.0) / 2  # per-sample squared error is 1 (zero prediction, unit noise)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_diffusion_loss_rejects_unknown_prediction_type():
     sched = build_scheduler("ddpm")
     sched.register_to_config(prediction_type="sample_magic")
