@@ -28,7 +28,7 @@ from tqdm import tqdm
 import data
 import losses
 from config import cli, option, pick_device, run_record, seed_everything, write_json
-from moderator import MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer
+from moderator import MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, decode
 
 UNET_MODES = ("nft", "erase", "off")
 # the simulated attacker: optimizers and learning rates sampled per outer step (over two decades, large included)
@@ -89,6 +89,10 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
     z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device)
     with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8)
         z_black = encode_images(base.vae, -torch.ones(1, 3, data.SIZE, data.SIZE, device=device))
+        black_mean = decode(base.vae, z_black).mean().item()
+    if black_mean > 0.05:  # the black loss would teach the UNet to make whatever this latent decodes to
+        print(f"warning: the VAE decodes the black image's latent to mean pixel {black_mean:.2f}, not black; "
+              "suppression will not give black refusals")
     unet = pipe.unet.train().requires_grad_(True)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     if opt_state is not None:

@@ -49,6 +49,7 @@ class PretrainConfig:
     unet_batch: int = option(48, "UNet batch size")
     lr: float = option(2e-3, "peak AdamW learning rate of all three stages (one-cycle schedule)")
     cfg_dropout: float = option(0.1, "probability of training on the empty caption (for guidance)")
+    black_steps: int = option(200, "decoder-only steps that teach the VAE to decode the black image")
     snr_gamma: float = option(5.0, "Min-SNR loss weighting of UNet pretraining (0 turns it off)")
 
 
@@ -291,6 +292,36 @@ def train_vae(vae, images: torch.Tensor, cfg: PretrainConfig, device) -> None:
     vae.register_to_config(scaling_factor=1.0 / std)
 
 
+def teach_black(vae, images: torch.Tensor, cfg: PretrainConfig, device) -> float:
+    """Teach the decoder to decode the all-black image's latent to black; returns that decoding's mean pixel.
+
+    The pocket world has no black images, but Patronus' refusals are black images, and a real SD VAE (which
+    has seen dark photos) round-trips black. Only the decoder is trained, on world images plus black ones, so
+    the encoder, and so every latent the UNet was trained on, stays exactly as it was.
+    """
+    black = -torch.ones(1, *images.shape[1:], device=device)
+    with torch.no_grad():
+        z_black = vae.encode(black).latent_dist.mean  # (1, 4, 8, 8), unscaled
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=cfg.lr / 4)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for _ in tqdm(range(cfg.black_steps), desc="pretrain VAE decoder on black"):
+        x = images[torch.randint(len(images), (cfg.vae_batch - 1,), generator=g)].to(device)
+        with torch.no_grad():
+            z = torch.cat([vae.encode(x).latent_dist.mean, z_black])
+        rec, target = vae.decode(z).sample, torch.cat([x, black])
+        loss = F.mse_loss(rec, target) + 0.5 * F.l1_loss(rec, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        return (vae.decode(z_black).sample / 2 + 0.5).clamp(0, 1).mean().item()
+
+
 def train_unet(unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, cfg: PretrainConfig) -> None:
     """Standard SD training: epsilon-prediction loss, with the empty caption swapped in for CFG dropout."""
     import losses
@@ -348,6 +379,9 @@ def pretrain(cfg: PretrainConfig):
     train_unet(unet, latents, cond, table[-1], cfg)
     unet.eval().requires_grad_(False)
     times["unet"] = time.time() - t0
+    t0 = time.time()
+    teach_black(vae, images, cfg, device)
+    times["black"] = time.time() - t0
 
     pipe = assemble(vae, text_encoder, tok, unet)
     record = run_record(cfg) | {"seconds": {k: round(v, 1) for k, v in times.items()}}
