@@ -28,7 +28,8 @@ def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     runs = root / "runs"
     cfg = toy_sd.PretrainConfig(out=str(runs / "base"), clip_dir=str(runs / "clip"), n_images=128, clip_steps=3,
-                                clip_batch=32, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8)
+                                clip_batch=32, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8,
+                                black_steps=2)
     toy_sd.pretrain(cfg)
     evaluate.ensure_evaluator(str(runs / "evaluator"), steps=3, batch=16, n_pool=64)
     return root

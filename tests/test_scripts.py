@@ -35,6 +35,17 @@ def test_evaluate_main_writes_the_results_contract(world):
     assert Path("runs/base/grid.png").is_file()
 
 
+def test_markdown_table_reads_reports(tmp_path):
+    rep = {"unsafe_rate": {"defense": 0.5, "heldout": 0.25}, "benign_accuracy": 0.75, "false_refusal_rate": 0.0,
+           "fidelity": {"mse_to_base": 0.01, "fd_to_base": 2.0}, "n_images": 8}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps(rep))
+    table = evaluate.markdown_table([str(tmp_path / "a")])
+    assert table.splitlines()[-1] == f"| {tmp_path / 'a'} | 0.500 | 0.250 | 0.750 | 0.000 | 0.0100 | 2.00 | 8 |"
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        evaluate.markdown_table([str(tmp_path / "missing")])
+
+
 def test_metrics_on_known_images(world):
     """score() on renders: unsafe renders count as unsafe, black images as refusals, not as unsafe."""
     import data

@@ -55,7 +55,8 @@ def test_save_pipeline_is_atomic_and_replaces(tiny_world, tmp_path):
 
 def test_pretrain_runs_and_changes_weights(tmp_path):
     cfg = toy_sd.PretrainConfig(out=str(tmp_path / "base"), clip_dir=str(tmp_path / "clip"), n_images=64,
-                                clip_steps=2, clip_batch=16, vae_steps=2, vae_batch=8, unet_steps=3, unet_batch=8)
+                                clip_steps=2, clip_batch=16, vae_steps=2, vae_batch=8, unet_steps=3, unet_batch=8,
+                                black_steps=2)
     torch.manual_seed(0)
     fresh = toy_sd.build_unet(cfg.width).state_dict()
     pipe = toy_sd.pretrain(cfg)
@@ -95,3 +96,17 @@ def test_wrong_architecture_checkpoint_fails_loudly(tiny_world, tmp_path):
     shutil.copy(tmp_path / "other" / "diffusion_pytorch_model.safetensors", dst / "unet")
     with pytest.raises((ValueError, RuntimeError)):
         toy_sd.load_pipeline(str(dst))
+
+
+def test_teach_black_trains_the_decoder_only():
+    torch.manual_seed(0)
+    vae = toy_sd.build_vae()
+    images = toy_sd.to_tensor(data.sample_scenes("base", 32, data.OBJECTS, "all", seed=0).images)
+    black = -torch.ones(1, 3, data.SIZE, data.SIZE)
+    encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    with torch.no_grad():
+        before = (vae.decode(vae.encode(black).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1).mean().item()
+    cfg = toy_sd.PretrainConfig(black_steps=40, vae_batch=8)
+    after = toy_sd.teach_black(vae, images, cfg, "cpu")
+    assert all(torch.equal(encoder_before[k], v) for k, v in vae.encoder.state_dict().items())
+    assert after < before - 0.05  # the black image decodes darker than before
