@@ -22,6 +22,12 @@ def test_overrides_are_converted():
     assert parse(Demo, ["--lr=3"]).lr == 3.0
 
 
+def test_a_bare_flag_switches_a_true_false_option_on():
+    assert parse(Demo, ["--harden=false", "--harden"]).harden is True
+    with pytest.raises(ConfigError, match="--key=value"):
+        parse(Demo, ["--name"])  # only true/false options can be bare
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--step=5"], "Did you mean --steps"),
     (["--steps=abc"], "expects int"),
