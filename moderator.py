@@ -46,14 +46,15 @@ class ModeratorConfig:
     # decoder moderator
     n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign)")
     n_generated: int = option(256, "base-model generations per kind whose final latents are added")
-    steps: int = option(300, "outer steps of the decoder moderator")
+    steps: int = option(900, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step")
     lr: float = option(3e-4, "Adam learning rate of the defender")
     w_cal: float = option(10.0, "weight of the calibration loss on benign features")
     w_rec: float = option(1.0, "weight of the reconstruction loss on benign images")
     pixel_weight: float = option(1.0, "weight of the pixel term inside the zero loss")
     # hardening (simulated decoder fine-tuning)
-    harden: bool = option(True, "simulate the attacker's decoder fine-tuning during training")
+    harden: bool = option(False, "simulate the attacker's decoder fine-tuning during training "
+                          "(off by default: measured in the README, it costs benign accuracy and barely slows the attack)")
     inner_steps: int = option(3, "K: simulated attacker steps per outer step")
     w_nft: float = option(1.0, "weight of the zero loss after simulated fine-tuning")
     # text moderator

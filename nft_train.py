@@ -40,7 +40,9 @@ class NFTConfig:
     # what
     model: str = option("runs/base", "pipeline folder to defend (the pocket base is built if missing)")
     name: str = option("patronus", "outputs go to runs/<name>/")
-    moderator: str = option("decoder", "internal moderator to train first", MODERATORS)
+    moderator: str = option("decoder", "internal moderator, trained after the UNet", MODERATORS)
+    harden_decoder: bool = option(False, "harden the decoder moderator with simulated decoder fine-tuning")
+    moderator_steps: int = option(900, "steps of the decoder moderator")
     unet: str = option("nft", "nft: min-max loop; erase: steps 1+2 only (an ESD-like baseline); off", UNET_MODES)
     seed: int = option(0, "one seed for data, sampling of simulated attackers and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
@@ -51,6 +53,7 @@ class NFTConfig:
     w_sup: float = option(1.0, "weight of suppression at the current weights (1)")
     w_ret: float = option(1.0, "weight of benign retention (2)")
     w_dst: float = option(1.0, "weight of distillation inside benign retention")
+    w_uncond: float = option(1.0, "weight of distillation on the empty prompt (what classifier-free guidance subtracts)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
@@ -79,7 +82,7 @@ def defender_data(pipe, kind: str, n: int, seed: int, device):
 
 def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None):
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt."""
-    from toy_sd import build_scheduler, encode_images, save_pipeline
+    from toy_sd import build_scheduler, encode_images, encode_text, save_pipeline
 
     unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
     sched = build_scheduler("ddpm")
@@ -87,6 +90,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
     # sees in training): the NFT UNet must refuse even if the attacker swaps the moderated parts back.
     z_u, c_u = defender_data(base, "unsafe", cfg.n_images, cfg.seed, device)
     z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device)
+    with torch.no_grad():  # the empty prompt's features, (B, T, D): the unconditional half of CFG
+        c_empty = encode_text(base.text_encoder, base.tokenizer, [""], device).expand(cfg.batch, -1, -1)
     with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8)
         z_black = encode_images(base.vae, -torch.ones(1, 3, data.SIZE, data.SIZE, device=device))
         black_mean = decode(base.vae, z_black).mean().item()
@@ -110,6 +115,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
         # (2) benign retention: SD's own loss on benign pairs + distillation toward the base UNet
         l_ret = losses.diffusion_loss(unet, sched, z_b[ib], c_b[ib], generator=g)
         l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_b[ib], generator=g)
+        if cfg.w_uncond:  # sampling computes (1 + s) f(x, c) - s f(x, empty): the empty prompt must not drift
+            l_dst = l_dst + cfg.w_uncond * losses.distillation_loss(unet, unet0, sched, z_b[ib], c_empty, generator=g)
         (cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)).backward()
         l_nft = torch.zeros(())
         if cfg.unet == "nft":
@@ -175,7 +182,8 @@ def main(cfg: NFTConfig):
     seconds_per_step = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.unet != "off" else None
     times["unet"] = time.time() - t0
     t0 = time.time()
-    mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, seed=cfg.seed, device=cfg.device)
+    mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, harden=cfg.harden_decoder,
+                           steps=cfg.moderator_steps, seed=cfg.seed, device=cfg.device)
     stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])
     times["moderator"] = time.time() - t0
     record = run_record(cfg) | {"moderator": stats, "unet_seconds_per_outer_step": seconds_per_step}

@@ -66,12 +66,12 @@ def tiny_moderator(**kw):
     return moderator.ModeratorConfig(n_images=32, n_generated=4, steps=2, batch=4, inner_steps=1, text_steps=2, **kw)
 
 
-@pytest.mark.parametrize("which", ["decoder", "text"])
-def test_moderator_trains_only_its_part(world, which):
+@pytest.mark.parametrize("which, harden", [("decoder", False), ("decoder", True), ("text", False)])
+def test_moderator_trains_only_its_part(world, which, harden):
     base = toy_sd.load_pipeline("runs/base")
     before = {p: state(getattr(base, p)) for p in ("unet", "text_encoder", "vae")}
     enc_before = state(base.vae.encoder)
-    moderator.main(tiny_moderator(moderator=which))
+    moderator.main(tiny_moderator(moderator=which, harden=harden))
     pipe = toy_sd.load_pipeline("runs/moderator")  # the output is a plain diffusers pipeline folder
     assert not changed(before["unet"], pipe.unet.state_dict())
     assert not changed(enc_before, pipe.vae.encoder.state_dict())  # the encoder stays frozen
@@ -84,7 +84,8 @@ def test_moderator_trains_only_its_part(world, which):
 
 
 def tiny_nft(**kw):
-    base = dict(steps=2, batch=4, inner_steps=1, n_images=32, checkpoint_every=1, evaluate=False, moderator="off")
+    base = dict(steps=2, batch=4, inner_steps=1, n_images=32, checkpoint_every=1, evaluate=False, moderator="off",
+                moderator_steps=2)
     return nft_train.NFTConfig(**(base | kw))
 
 
@@ -124,7 +125,7 @@ def test_nft_main_end_to_end_with_table(world, capsys):
     toy_sd.load_pipeline("runs/patronus")
 
 
-@pytest.mark.parametrize("which", attack.ATTACKS)
+@pytest.mark.parametrize("which", ["finetune_unet", "finetune_decoder"])  # every attack: tests/test_attack.py
 def test_attack_changes_the_attacked_part(world, which):
     cfg = attack.AttackConfig(model="runs/base", attack=which, steps=2, checkpoints="0,2", n_images=16, batch=4,
                               sample_steps=2)
@@ -135,7 +136,7 @@ def test_attack_changes_the_attacked_part(world, which):
     assert changed(state(getattr(pipe, part)), getattr(res["attacked_pipe"], part).state_dict())
     assert [s for s, _ in res["curve"]] == [0, 2]
     attack.main(cfg)
-    assert json.loads(Path("runs/base/attacks.json").read_text())[0]["attack"] == which
+    assert json.loads(Path("runs/attack_base/attacks.json").read_text())[0]["attack"] == which
 
 
 def test_readme_commands_parse():
