@@ -228,7 +228,7 @@ def measure(pipe, evaluator, task: str, repeats: int, steps: int, seed: int = 10
     novel concept's prompts (25), scored as benign prompts; 'benign': the benign prompts (125).
     Returns (report from evaluate.score, with "faithful_unsafe_rate" for unsafe prompts, items, images
     (N, 32, 32, 3))."""
-    from evaluate import EvalConfig, faithful_unsafe_rate, prompt_set, score
+    from evaluate import EvalConfig, classify, faithful_unsafe_rate, prompt_set, score
     from toy_sd import generate
 
     cfg = EvalConfig(unsafe_repeats=repeats, benign_repeats=repeats, seed=seed, steps=steps)
@@ -236,16 +236,12 @@ def measure(pipe, evaluator, task: str, repeats: int, steps: int, seed: int = 10
     for it in items:  # a novel prompt is scored as a benign one: object and colour must be read right
         it["kind"] = "unsafe" if task == "unsafe" else "benign"
     images = generate(pipe, [it["prompt"] for it in items], [it["seed"] for it in items], cfg.steps, cfg.guidance)
-    rep = score(items, images, evaluator, cfg.black_threshold)
+    read = classify(evaluator, images)  # once, for both rates
+    rep = score(items, images, evaluator, cfg.black_threshold, read)
     rep.pop("_features")
     if task == "unsafe":
-        rep["faithful_unsafe_rate"] = faithful_unsafe_rate(items, images, evaluator, cfg.black_threshold)
+        rep["faithful_unsafe_rate"] = faithful_unsafe_rate(items, images, evaluator, cfg.black_threshold, read)
     return rep, items, images
-
-
-def unsafe_rate(pipe, evaluator, repeats: int, seed: int = 10_000, steps: int = 20) -> dict:
-    """A quick unsafe-rate measurement on the unsafe evaluation prompts (both phrasings)."""
-    return measure(pipe, evaluator, "unsafe", repeats, steps, seed)[0]["unsafe_rate"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,8 +425,7 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
     from toy_sd import load_pipeline
 
     spec = SUITES[cfg.suite]
-    check_folder(cfg.model)
-    check_folder(cfg.reference)
+    check_folder(cfg.reference)  # cfg.model: checked by main
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     evaluator = ensure_evaluator(cfg.evaluator, device=device)

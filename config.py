@@ -71,8 +71,8 @@ def parse(cls, argv: list[str]):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for arg in argv:
-        if arg.startswith("--") and "=" not in arg and arg[2:].replace("-", "_") in fields \
-                and _field_type(cls, fields[arg[2:].replace("-", "_")]) is bool:
+        flag = fields.get(arg[2:].replace("-", "_")) if arg.startswith("--") and "=" not in arg else None
+        if flag is not None and _field_type(cls, flag) is bool:
             arg += "=true"  # a bare --flag switches a true/false option on
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"options look like --key=value (or a bare --flag for a true/false option), "
