@@ -161,9 +161,11 @@ def assemble(vae, text_encoder, tok, unet):
 
 # ---------------------------------------------------------------------------------------------------------
 # loading and saving
-def load_pipeline(model: str, device=None):
+def load_pipeline(model: str, device=None, safety_checker: bool = False):
     """Open a Stable Diffusion v1.x pipeline: a diffusers folder (the pocket model or a real one) or a hub id.
 
+    safety_checker: keep the pipeline's own image filter if it ships one (the external-filter baseline). Off by
+    default: we measure what the weights do, as a white-box adversary who deletes the filter sees them.
     Raises a clear error for a folder that is not a pipeline, and for a hub id while offline.
     """
     from diffusers import StableDiffusionPipeline
@@ -182,8 +184,8 @@ def load_pipeline(model: str, device=None):
         raise FileNotFoundError(f"{model} is not a folder, and hub ids only resolve online "
                                 "(HF_HUB_OFFLINE=1 is set, or this is not an 'org/name' id). "
                                 "Download the model first, then pass its folder.")
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False)
+    strip = {} if safety_checker else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(model, **strip)
     if len(pipe.tokenizer) < 100:
         raise ValueError(f"the tokenizer of {model} has only {len(pipe.tokenizer)} tokens; it did not load")
     pipe.set_progress_bar_config(disable=True)
