@@ -438,46 +438,17 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
     reference = load_pipeline(cfg.reference, device)
     out = out_dir(cfg)
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
-    base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],
-                eval_repeats=spec["eval_repeats"])
     t_start = time.time()
-    entries, grids = [], []
     attacks = [a for a in spec["attacks"] if not cfg.only or a in cfg.only.split(",")]
     jobs = [(a, "unsafe") for a in attacks] + ([("finetune_unet", "novel")] if cfg.benign else [])
-    for attack, task in jobs:
-        _, train = parse_attack(attack)
-        models = {"defended": defended, "base": reference}
-        if train and task == "unsafe":
-            models["scratch"] = None  # built per seed below
-        grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
-        for label, seed, (opt, lr) in itertools.product(models, seeds, grid):
-            acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, suite="off", **base)
-            pipe = models[label] or scratch_pipeline(reference, TRAINED[train], seed)
-            samples = {}
-            t0 = time.time()
-            res = run_attack(pipe, evaluator, acfg, device, reference, task, samples)
-            attacked = res.pop("attacked_pipe")
-            res |= {"model": label, "task": task, "seconds": round(time.time() - t0, 1),
-                    "benign_accuracy_after": benign_accuracy(attacked, evaluator, acfg)}
-            entries.append(res)
-            grids.append(samples)
-            write_json(out / "attacks.json", entries)  # after every run: a stopped suite keeps what it measured
-            print(f"{attack} ({task}) on {label}, {opt} lr={lr:g} seed {seed}: {res['curve_faithful']} faithful, "
-                  f"{res['curve']} plain")
-    # the strongest (optimizer, lr) per attack, task, model and seed
-    for _, runs in itertools.groupby(sorted(entries, key=_group), key=_group):
-        max(runs, key=strength)["best"] = True
-    for e, samples in zip(entries, grids):
-        e.setdefault("best", False)
-        if e["best"] and e["model"] == "defended" and e["seed"] == seeds[0]:
-            save_samples(samples, out / "grids" / f"{e['attack']}{'_novel' if e['task'] == 'novel' else ''}.png")
+    entries = attack_grid({"defended": defended, "base": reference, "scratch": None}, jobs, spec, cfg, reference,
+                          evaluator, device, out, grid_of="defended")
     seconds = round(time.time() - t_start, 1)
     best = [e for e in entries if e["best"]]
     table = (f"Faithful UR (the evaluator names the prompt's glyph and colour); best lr per attack and model:\n\n"
              f"{attack_table(best, key='curve_faithful', name='fUR')}\n\n"
              f"Plain UR (the evaluator calls the image a glyph; counts its guesses on noise), same runs:\n\n"
              f"{attack_table(best)}")
-    write_json(out / "attacks.json", entries)
     write_json(out / "suite.json", {"suite": cfg.suite, "spec": {k: v for k, v in spec.items() if k != "grid"},
                                     "grid": spec["grid"], "attacks": attacks, "optimizers": cfg.optimizers or "all",
                                     "lrs": cfg.lrs or "all", "seeds": seeds, "seconds": seconds,
@@ -489,6 +460,47 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
     print(table)
     print(f"suite {cfg.suite}: {len(entries)} runs in {seconds:.0f} s; wrote {out}/attacks.json, attacks.md, "
           "curves.png, curves_plain.png, grids/")
+    return entries
+
+
+def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, reference, evaluator, device, out: Path,
+                grid_of: str = "") -> list[dict]:
+    """Every (attack, task) of jobs against every model, each (optimizer, lr) of the suite's grid and seed.
+
+    models: {label: pipeline}; the label "scratch" (value None) is the from-scratch reference, built per seed
+    and only for training attacks on unsafe data. Marks the strongest (optimizer, lr) of each attack, task,
+    model and seed "best": true; saves attacks.json after every run (a stopped run keeps what it measured),
+    and grids/<attack>.png of the best runs on model `grid_of`. Returns the entries.
+    """
+    seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
+    base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],
+                eval_repeats=spec["eval_repeats"])
+    entries, grids = [], []
+    for attack, task in jobs:
+        _, train = parse_attack(attack)
+        labels = [m for m in models if models[m] is not None or (train and task == "unsafe")]
+        grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
+        for label, seed, (opt, lr) in itertools.product(labels, seeds, grid):
+            acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, suite="off", **base)
+            pipe = models[label] or scratch_pipeline(reference, TRAINED[train], seed)
+            samples = {}
+            t0 = time.time()
+            res = run_attack(pipe, evaluator, acfg, device, reference, task, samples)
+            attacked = res.pop("attacked_pipe")
+            res |= {"model": label, "task": task, "seconds": round(time.time() - t0, 1),
+                    "benign_accuracy_after": benign_accuracy(attacked, evaluator, acfg)}
+            entries.append(res)
+            grids.append(samples)
+            write_json(out / "attacks.json", entries)
+            print(f"{attack} ({task}) on {label}, {opt} lr={lr:g} seed {seed}: {res['curve_faithful']} faithful, "
+                  f"{res['curve']} plain")
+    for _, runs in itertools.groupby(sorted(entries, key=_group), key=_group):
+        max(runs, key=strength)["best"] = True
+    for e, samples in zip(entries, grids):
+        e.setdefault("best", False)
+        if e["best"] and e["model"] == grid_of and e["seed"] == seeds[0]:
+            save_samples(samples, out / "grids" / f"{e['attack']}{'_novel' if e['task'] == 'novel' else ''}.png")
+    write_json(out / "attacks.json", entries)
     return entries
 
 

@@ -1,0 +1,235 @@
+"""baselines.py: the simpler defences Patronus is measured against. Each returns a plain diffusers pipeline.
+
+SafeText (Hu, Jiang, Gong 2025, arXiv 2502.20623). Only the CLIP text encoder E is fine-tuned; the UNet is
+untouched. Unsafe prompts' embeddings are pushed far from their originals, safe prompts' stay close:
+
+    min_E   L_u - lam * L_e
+    L_u = mean_b || E(p_b) - E0(p_b) ||^2                  utility, on safe `defense` prompts (and "")
+    L_e = mean_u  (1 - cos(E(p_u)_t, E0(p_u)_t))            effectiveness, on unsafe `defense` prompts
+(E0 the original encoder, t every token position the UNet attends to.) The paper's exact distance is not
+published; we use cosine distance for L_e because it is bounded (at most 2), so the objective has a minimum.
+The difference from Patronus' text moderator (moderator.py): SafeText sends unsafe embeddings *somewhere
+else*, the moderator sends them to zero; and neither touches the UNet, which still knows the unsafe concepts.
+
+External filter. The kind of post-hoc image checker Stable Diffusion ships: diffusers'
+StableDiffusionSafetyChecker compares the CLIP image embedding of every generated image with a set of concept
+embeddings and blacks out the image when the cosine similarity to any concept exceeds that concept's
+threshold. Here its vision tower is the pocket CLIP's (the model's own, never the evaluator); its concepts are
+one linear probe per unsafe category, fitted on the defender's images (see fit_filter). It lives in the pipeline folder (safety_checker/, feature_extractor/),
+so `toy_sd.load_pipeline(folder, safety_checker=True)` runs it. A white-box adversary deletes it with one line
+(attack.py --attack=remove_filter).
+
+Run: `python baselines.py --baseline=safetext` (writes runs/safetext/) or `--baseline=filter` (runs/filter/).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from config import cli, option, pick_device, run_record, seed_everything
+
+BASELINES = ("safetext", "filter")
+
+
+@dataclasses.dataclass
+class BaselineConfig:
+    model: str = option("runs/base", "pipeline folder to defend")
+    baseline: str = option("safetext", "which baseline to train", BASELINES)
+    name: str = option("", "outputs go to runs/<name>/ (default: runs/<baseline>)")
+    seed: int = option(0, "seeds the defender's data and training")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+    # SafeText
+    steps: int = option(300, "SafeText: steps")
+    batch: int = option(16, "SafeText: prompts per kind per step")
+    lr: float = option(1e-3, "SafeText: Adam learning rate")
+    lam: float = option(1.0, "SafeText: weight of the effectiveness term L_e")
+    # external filter
+    n_images: int = option(1024, "filter: defender's rendered images per kind (unsafe / benign)")
+    n_generated: int = option(256, "filter: base-model generations per kind (from `defense` prompts)")
+    max_false_refusals: float = option(0.02, "filter: thresholds refuse at most this share of the defender's benign images")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SafeText
+def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
+    """Fine-tune pipe.text_encoder in place with SafeText's objective; returns the last loss values."""
+    from toy_sd import encode_text
+
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    te0 = copy.deepcopy(te).eval().requires_grad_(False)
+    unsafe = data.sample_scenes("defender", 2048, list(data.UNSAFE), "defense", seed=cfg.seed).captions
+    safe = data.sample_scenes("defender", 2048, list(data.BENIGN), "defense", seed=cfg.seed).captions
+    te.train().requires_grad_(True)
+    opt = torch.optim.Adam(te.parameters(), lr=cfg.lr)
+    rng = random.Random(cfg.seed)
+    bar = tqdm(range(cfg.steps), desc="SafeText")
+    for _ in bar:
+        pu, ps = rng.sample(unsafe, cfg.batch), rng.sample(safe, cfg.batch - 1) + [""]  # "" for CFG
+        with torch.no_grad():
+            ref_u, ref_s = encode_text(te0, tok, pu, device), encode_text(te0, tok, ps, device)  # (B, T, D)
+        l_u = F.mse_loss(encode_text(te, tok, ps, device), ref_s)
+        l_e = (1 - F.cosine_similarity(encode_text(te, tok, pu, device), ref_u, dim=-1)).mean()  # in [0, 2]
+        opt.zero_grad()
+        (l_u - cfg.lam * l_e).backward()
+        opt.step()
+        bar.set_postfix(utility=f"{l_u.item():.4f}", effectiveness=f"{l_e.item():.3f}")
+    te.eval().requires_grad_(False)
+    return {"utility": l_u.item(), "effectiveness": l_e.item()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# external filter
+def build_checker(clip):
+    """diffusers' StableDiffusionSafetyChecker around the pocket CLIP's vision tower and projection, and the
+    image processor that feeds it ([0, 1] pixels -> the [-1, 1] range the pocket CLIP was trained on)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor
+
+    config = copy.deepcopy(clip.config)
+    config._attn_implementation = "eager"  # diffusers' checker class supports no other attention implementation
+    checker = StableDiffusionSafetyChecker(config)
+    vision = checker.vision_model
+    getattr(vision, "vision_model", vision).load_state_dict(clip.vision_model.state_dict())
+    checker.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+    size = clip.config.vision_config.image_size
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return checker.eval(), processor
+
+
+@torch.no_grad()
+def image_embeddings(checker, processor, images: np.ndarray) -> torch.Tensor:
+    """Unit-length CLIP image embeddings (N, D) of images (N, H, W, 3) in [0, 1], as the checker computes them."""
+    pil = [_to_pil(im) for im in images]
+    pixels = processor(pil, return_tensors="pt").pixel_values
+    emb = checker.visual_projection(checker.vision_model(pixels)[1])
+    return F.normalize(emb, dim=-1)
+
+
+def _to_pil(image: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray((image * 255).round().astype(np.uint8))
+
+
+def fit_filter(checker, processor, unsafe: dict, benign: np.ndarray, max_false_refusals: float = 0.02,
+               steps: int = 500) -> dict:
+    """Set the checker's concepts and thresholds from the defender's images: one linear probe per group.
+
+    The checker flags an image when cos(e, c_k) > t_k for its unit embedding e and some concept c_k. For a unit
+    e that is a linear classifier, w.e + b > 0 with c_k = w/|w| and t_k = -b/|w|. So each concept is a logistic
+    regression of one group's images against the benign ones (balanced classes), its threshold raised until
+    few benign images fire it (a filter that refuses benign prompts would not be shipped).
+    Groups are (glyph, colour), not categories: the pocket CLIP's embeddings are dominated by colour (a red
+    skull sits closer to a red circle than to a blue skull), so one direction per category separates poorly.
+    unsafe: {group name: images (N, H, W, 3)}; benign: images (M, H, W, 3). Returns what was fitted.
+    """
+    groups = sorted(unsafe)
+    slots = checker.concept_embeds.shape[0]
+    if len(groups) > slots:
+        raise ValueError(f"{len(groups)} groups, but the checker has {slots} concept slots")
+    e_benign = image_embeddings(checker, processor, benign)  # (M, D)
+    embeds, thresholds, recall = [], [], []
+    for g in groups:
+        e_own = image_embeddings(checker, processor, unsafe[g])  # (N, D)
+        x = torch.cat([e_own, e_benign])
+        y = torch.cat([torch.ones(len(e_own)), torch.zeros(len(e_benign))])
+        weight = torch.where(y == 1, len(y) / (2 * len(e_own)), len(y) / (2 * len(e_benign)))
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        b = torch.zeros((), requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=0.05)
+        for _ in range(steps):
+            loss = F.binary_cross_entropy_with_logits(x @ w + b, y, weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        c_k = w.detach() / w.detach().norm()
+        # the threshold: the probe's own boundary, raised where needed so that at most a share
+        # max_false_refusals / (number of concepts) of the defender's benign images fire this concept
+        t_k = max((-b / w.norm()).item(), torch.quantile(e_benign @ c_k, 1 - max_false_refusals / len(groups)).item())
+        embeds.append(c_k)
+        thresholds.append(t_k)
+        recall.append((e_own @ c_k > t_k).float().mean().item())
+    fired = (e_benign @ torch.stack(embeds).T > torch.tensor(thresholds)).any(1)
+    n = len(groups)
+    with torch.no_grad():  # unused slots repeat the concepts; the 3 "special care" slots never fire
+        checker.concept_embeds.copy_(torch.stack([embeds[i % n] for i in range(slots)]))
+        checker.concept_embeds_weights.copy_(torch.tensor([thresholds[i % n] for i in range(slots)]))
+        checker.special_care_embeds.copy_(checker.concept_embeds[:3])
+        checker.special_care_embeds_weights.fill_(2.0)  # a cosine similarity never exceeds 1
+    return {"concepts": groups, "thresholds": [round(t, 4) for t in thresholds],
+            "recall": [round(r, 4) for r in recall], "benign_refused": round(fired.float().mean().item(), 4)}
+
+
+def defender_images(pipe, kind: str, cfg: BaselineConfig) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The defender's images of one kind: renders plus the pipeline's generations for `defense` prompts, with
+    the (object, colour) each shows (for a generation: what its prompt asked for; the defender knows its prompts)."""
+    from toy_sd import generate
+
+    objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
+    renders = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
+    asked = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1)
+    seeds = [cfg.seed * 100_000 + i for i in range(cfg.n_generated)]
+    made = generate(pipe, asked.captions, seeds)
+    labels = list(zip(renders.objects, renders.colours)) + list(zip(asked.objects, asked.colours))
+    return np.concatenate([renders.images, made]), labels
+
+
+def add_filter(pipe, cfg: BaselineConfig, clip) -> dict:
+    """Fit a safety checker on the defender's data and put it into pipe (so save_pretrained writes it)."""
+    checker, processor = build_checker(clip)
+    unsafe, unsafe_labels = defender_images(pipe, "unsafe", cfg)
+    benign, _ = defender_images(pipe, "benign", cfg)
+    group = [f"{obj} {col}" for obj, col in unsafe_labels]
+    fitted = fit_filter(checker, processor, {g: unsafe[[k == g for k in group]] for g in set(group)}, benign,
+                        cfg.max_false_refusals)
+    pipe.register_modules(safety_checker=checker.to(pipe.device), feature_extractor=processor)
+    pipe.register_to_config(requires_safety_checker=True)
+    quiet_checker()
+    return fitted
+
+
+def quiet_checker() -> None:
+    """The checker logs a warning for every batch with a flagged image; the metrics already count them."""
+    logging.getLogger("diffusers.pipelines.stable_diffusion.safety_checker").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def build(cfg: BaselineConfig) -> Path:
+    """Train the baseline named by cfg.baseline on cfg.model and save it; returns the folder."""
+    from toy_sd import ensure_base, load_clip, load_pipeline, save_pipeline
+
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.model == "runs/base":
+        ensure_base()
+    pipe = load_pipeline(cfg.model, device)
+    t0 = time.time()
+    if cfg.baseline == "safetext":
+        stats = train_safetext(pipe, cfg, device)
+    else:
+        stats = add_filter(pipe, cfg, load_clip().to(device))
+    stats["seconds"] = round(time.time() - t0, 1)
+    out = Path("runs") / (cfg.name or cfg.baseline)
+    save_pipeline(pipe, out, {"baseline.json": run_record(cfg) | {"train": stats}})
+    print(f"{cfg.baseline} saved to {out}: {stats}")
+    return out
+
+
+def main(cfg: BaselineConfig):
+    """Train one baseline defence (SafeText or an external filter) and save it as a diffusers folder."""
+    build(cfg)
+
+
+if __name__ == "__main__":
+    cli(BaselineConfig, main)

@@ -1,0 +1,171 @@
+"""compare.py: every defence side by side, on the same prompts, seeds and attacks, in one run.
+
+Defences (rows), each a diffusers folder under runs/, trained here when missing or when its recorded config
+differs from the one below, loaded otherwise:
+  none       the undefended base model
+  filter     an external image filter (baselines.py: SD's safety checker, fitted on the defender's data)
+  safetext   SafeText: the text encoder moves unsafe prompts' embeddings away (baselines.py)
+  erase      the UNet erased (suppression + retention), no simulated fine-tuning, no moderator
+  moderator  Patronus' decoder moderator alone, UNet untouched (moderator.py)
+  nft        Patronus' NFT UNet alone, no moderator
+  patronus   both (nft_train.py's default)
+Columns: the unsafe rate on `defense` and `heldout` phrasings, benign accuracy, false refusals and fidelity to
+the base (evaluate.py, 450 images), then the faithful unsafe rate after each attack of the chosen attack suite
+(attack.py; the strongest learning rate of the suite's grid per defence and attack, one seed) plus
+remove_filter. The from-scratch reference (a random UNet, decoder or text encoder trained the same way) is
+attacked too. The filter stays in its pipeline for every attack except remove_filter: what a careless
+attacker gets; a careful one removes it first.
+
+Run: `python compare.py` (all defences, quick suite) writes runs/compare/: compare.json, compare.md (the
+tables in the README), curves.png (faithful UR against attack steps, one line per defence), attacks.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from attack import SUITES, AttackConfig, attack_grid
+from baselines import BaselineConfig
+from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
+from moderator import ModeratorConfig
+from nft_train import NFTConfig
+
+# name -> (folder, the config that builds it); "none" is the base model itself
+DEFENCES = {
+    "none": ("runs/base", None),
+    "filter": ("runs/filter", BaselineConfig(baseline="filter")),
+    "safetext": ("runs/safetext", BaselineConfig(baseline="safetext")),
+    "erase": ("runs/erase_only", NFTConfig(name="erase_only", unet="erase", moderator="off", evaluate=False)),
+    "moderator": ("runs/mod_decoder", ModeratorConfig(name="mod_decoder")),
+    "nft": ("runs/nft_only", NFTConfig(name="nft_only", moderator="off", evaluate=False)),
+    "patronus": ("runs/patronus", NFTConfig(evaluate=False)),
+}
+RECORDS = ("nft_config.json", "moderator.json", "baseline.json")  # where each script records its config
+# options that do not change the trained weights
+IGNORED = {"device", "evaluate", "attack_steps", "eval_unsafe_repeats", "eval_benign_repeats", "sample_steps",
+           "resume", "checkpoint_every"}
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    defences: str = option("all", "comma-separated names of DEFENCES, or all")
+    suite: str = option("quick", "the attack suite every defence faces (attack.py SUITES)", tuple(SUITES))
+    name: str = option("compare", "outputs go to runs/<name>/")
+    rebuild: bool = option(False, "retrain every defence even when its folder is up to date")
+    unsafe_repeats: int = option(4, "images per unsafe evaluation prompt (50 prompts)")
+    benign_repeats: int = option(2, "images per benign evaluation prompt (125 prompts)")
+    seed: int = option(0, "evaluation and attack seed")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+
+    def __post_init__(self):
+        bad = [d for d in self.defences.split(",") if d not in (*DEFENCES, "all")] if isinstance(self.defences, str) else []
+        if bad:
+            raise ConfigError(f"--defences: unknown {bad[0]!r}; choose from {', '.join(DEFENCES)} (or all)")
+
+
+def recorded_config(folder: Path) -> dict | None:
+    """The config a folder was trained with, as its script recorded it; None when there is none."""
+    for name in RECORDS:
+        if (folder / name).is_file():
+            return json.loads((folder / name).read_text())["config"]
+    return None
+
+
+def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
+    """The folder of defence `name`, trained first when missing, stale or rebuild is set; and what happened."""
+    import baselines
+    import moderator
+    import nft_train
+
+    folder, cfg = DEFENCES[name]
+    if cfg is None:
+        from toy_sd import ensure_base
+
+        ensure_base(folder)
+        return folder, {"built": False}
+    cfg = dataclasses.replace(cfg, device=device)
+    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in IGNORED}
+    have = recorded_config(Path(folder))
+    if not rebuild and have is not None and all(have.get(k) == v for k, v in want.items()):
+        return folder, {"built": False}
+    why = "--rebuild" if rebuild else "missing" if have is None else "its recorded config differs"
+    print(f"training defence {name} into {folder} ({why})")
+    t0 = time.time()
+    {BaselineConfig: baselines.main, ModeratorConfig: moderator.main, NFTConfig: nft_train.main}[type(cfg)](cfg)
+    return folder, {"built": True, "why": why, "seconds": round(time.time() - t0, 1)}
+
+
+def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str) -> str:
+    """Markdown: one row per defence, its evaluation, then `name` after each attack (last step, best lr)."""
+    after = {(e["model"], e["attack"]): e[key][-1][1] for e in best}
+    head = ["defence", "UR defense", "UR heldout", "BA", "false refusals", "MSE to base", "FD to base"]
+    lines = ["| " + " | ".join(head + [f"{name} {a}" for a in attacks]) + " |", "|" + "---|" * (len(head) + len(attacks))]
+    for model in [*rows, "scratch"]:
+        r = rows.get(model)
+        cells = [model] + (["-"] * 6 if r is None else [
+            f"{r['unsafe_rate']['defense']:.3f}", f"{r['unsafe_rate']['heldout']:.3f}", f"{r['benign_accuracy']:.3f}",
+            f"{r['false_refusal_rate']:.3f}", f"{r['fidelity']['mse_to_base']:.4f}", f"{r['fidelity']['fd_to_base']:.2f}"])
+        cells += [f"{after[model, a]:.2f}" if (model, a) in after else "-" for a in attacks]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(cfg: CompareConfig):
+    """Train or load every defence, evaluate each, attack each with the same suite; one table, one plot."""
+    from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, plot_curves, prompt_set
+    from toy_sd import generate, load_pipeline
+
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    names = list(DEFENCES) if cfg.defences == "all" else [d for d in cfg.defences.split(",") if d]
+    out = Path("runs") / cfg.name
+    t_start = time.time()
+    built = {n: ensure_defence(n, cfg.rebuild, cfg.device) for n in names}  # trains what is missing
+    evaluator = ensure_evaluator(device=device)
+    reference = load_pipeline("runs/base", device)
+    pipes = {n: load_pipeline(folder, device, safety_checker=True) for n, (folder, _) in built.items()}
+    if "filter" in pipes:
+        from baselines import quiet_checker
+
+        quiet_checker()
+    # (1) every defence without attack, against the base model's images for the same prompts and seeds
+    t_built = time.time()
+    ecfg = EvalConfig(seed=cfg.seed, unsafe_repeats=cfg.unsafe_repeats, benign_repeats=cfg.benign_repeats)
+    items = prompt_set(ecfg)
+    ref_images = generate(reference, [it["prompt"] for it in items], [it["seed"] for it in items], ecfg.steps,
+                          ecfg.guidance)
+    rows = {}
+    for n, pipe in pipes.items():
+        rows[n], _, _ = evaluate_pipeline(pipe, evaluator, ecfg, ref_images)
+        print(f"{n}: UR {rows[n]['unsafe_rate']['defense']:.3f} / {rows[n]['unsafe_rate']['heldout']:.3f}, "
+              f"BA {rows[n]['benign_accuracy']:.3f}, false refusals {rows[n]['false_refusal_rate']:.3f}")
+    t_eval = time.time()
+    # (2) the same attacks on every defence and on the from-scratch reference
+    spec = SUITES[cfg.suite]
+    attacks = [a for a in spec["attacks"] if a != "heldout_prompts"] + ["remove_filter"]  # heldout: a column above
+    acfg = AttackConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device)
+    entries = attack_grid({**pipes, "scratch": None}, [(a, "unsafe") for a in attacks], spec, acfg, reference,
+                          evaluator, device, out, grid_of="patronus")
+    best = [e for e in entries if e["best"]]
+    seconds = {"training": round(t_built - t_start, 1), "evaluation": round(t_eval - t_built, 1),
+               "attacks": round(time.time() - t_eval, 1)}
+    md = (f"Faithful unsafe rate after each attack ({cfg.suite} suite: {spec['steps']} steps, best lr of its grid), "
+          f"evaluation columns without attack:\n\n{table(rows, best, attacks, 'curve_faithful', 'fUR')}\n\n"
+          f"Plain unsafe rate after each attack, same runs:\n\n{table(rows, best, attacks, 'curve', 'UR')}\n")
+    write_json(out / "compare.json", {"defences": {n: {"folder": built[n][0], **built[n][1], "report": rows[n]}
+                                                   for n in names},
+                                      "attacks": attacks, "suite": cfg.suite, "seconds": seconds,
+                                      "run": run_record(cfg)})
+    (out / "compare.md").write_text(md)
+    plot_curves(best, out / "curves.png", key="curve_faithful", name="faithful UR",
+                title=f"every defence, {cfg.suite} suite, best lr per attack, seed {cfg.seed}")
+    print(md)
+    print(f"compare: {len(entries)} attack runs; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+          + f"; wrote {out}/compare.json, compare.md, curves.png, attacks.json, grids/")
+    return rows, entries
+
+
+if __name__ == "__main__":
+    cli(CompareConfig, main)
