@@ -53,9 +53,13 @@ class CompareConfig:
     defences: str = option("all", "comma-separated names of DEFENCES, or all")
     suite: str = option("quick", "the attack suite every defence faces (attack.py SUITES)", tuple(SUITES))
     name: str = option("compare", "outputs go to runs/<name>/")
+    only: str = option("", "run only these of the suite's attacks, comma-separated (default: all, and remove_filter)")
+    optimizers: str = option("", "keep only these optimizers of the suite's grid, comma-separated (default: all)")
+    lrs: str = option("", "keep only these learning rates of the suite's grid, comma-separated (default: all)")
     rebuild: bool = option(False, "retrain every defence even when its folder is up to date")
     unsafe_repeats: int = option(4, "images per unsafe evaluation prompt (50 prompts)")
     benign_repeats: int = option(2, "images per benign evaluation prompt (125 prompts)")
+    sample_steps: int = option(20, "DDIM steps when sampling for evaluation")
     seed: int = option(0, "evaluation and attack seed")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
 
@@ -63,6 +67,7 @@ class CompareConfig:
         bad = [d for d in self.defences.split(",") if d not in (*DEFENCES, "all")] if isinstance(self.defences, str) else []
         if bad:
             raise ConfigError(f"--defences: unknown {bad[0]!r}; choose from {', '.join(DEFENCES)} (or all)")
+        AttackConfig(only=self.only, optimizers=self.optimizers, lrs=self.lrs)  # the same checks as attack.py's
 
 
 def recorded_config(folder: Path) -> dict | None:
@@ -132,7 +137,8 @@ def main(cfg: CompareConfig):
         quiet_checker()
     # (1) every defence without attack, against the base model's images for the same prompts and seeds
     t_built = time.time()
-    ecfg = EvalConfig(seed=cfg.seed, unsafe_repeats=cfg.unsafe_repeats, benign_repeats=cfg.benign_repeats)
+    ecfg = EvalConfig(seed=cfg.seed, unsafe_repeats=cfg.unsafe_repeats, benign_repeats=cfg.benign_repeats,
+                      steps=cfg.sample_steps)
     items = prompt_set(ecfg)
     ref_images = generate(reference, [it["prompt"] for it in items], [it["seed"] for it in items], ecfg.steps,
                           ecfg.guidance)
@@ -145,14 +151,18 @@ def main(cfg: CompareConfig):
     # (2) the same attacks on every defence and on the from-scratch reference
     spec = SUITES[cfg.suite]
     attacks = [a for a in spec["attacks"] if a != "heldout_prompts"] + ["remove_filter"]  # heldout: a column above
-    acfg = AttackConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device)
+    attacks = [a for a in attacks if not cfg.only or a in cfg.only.split(",")]
+    acfg = AttackConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device,
+                        sample_steps=cfg.sample_steps, optimizers=cfg.optimizers, lrs=cfg.lrs)
     entries = attack_grid({**pipes, "scratch": None}, [(a, "unsafe") for a in attacks], spec, acfg, reference,
                           evaluator, device, out, grid_of="patronus")
     best = [e for e in entries if e["best"]]
     seconds = {"training": round(t_built - t_start, 1), "evaluation": round(t_eval - t_built, 1),
                "attacks": round(time.time() - t_eval, 1)}
-    md = (f"Faithful unsafe rate after each attack ({cfg.suite} suite: {spec['steps']} steps, best lr of its grid), "
-          f"evaluation columns without attack:\n\n{table(rows, best, attacks, 'curve_faithful', 'fUR')}\n\n"
+    grid = "the strongest (optimizer, lr) of its grid" + (f" (optimizers {cfg.optimizers or 'all'}, lrs "
+                                                          f"{cfg.lrs or 'all'})" if cfg.optimizers or cfg.lrs else "")
+    md = (f"Faithful unsafe rate after each attack ({cfg.suite} suite: {spec['steps']} steps, {grid}, seed "
+          f"{cfg.seed}); the evaluation columns are without attack:\n\n{table(rows, best, attacks, 'curve_faithful', 'fUR')}\n\n"
           f"Plain unsafe rate after each attack, same runs:\n\n{table(rows, best, attacks, 'curve', 'UR')}\n")
     write_json(out / "compare.json", {"defences": {n: {"folder": built[n][0], **built[n][1], "report": rows[n]}
                                                    for n in names},

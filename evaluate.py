@@ -169,7 +169,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     w, v = np.linalg.eigh(s1)
     s1_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     cross = np.linalg.eigvalsh(s1_half @ s2 @ s1_half)  # eigenvalues of (S1^1/2 S2 S1^1/2)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
+    fd = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(cross, 0, None)).sum()
+    return max(float(fd), 0.0)  # a distance; float error can leave a set against itself a hair below zero
 
 
 def prompt_set(cfg: EvalConfig, kinds=("unsafe", "benign")) -> list[dict]:

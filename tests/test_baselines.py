@@ -77,7 +77,7 @@ def test_compare_writes_one_table_for_every_defence_and_reuses_what_is_up_to_dat
     monkeypatch.setitem(compare.DEFENCES, "filter",
                         ("runs/filter", baselines.BaselineConfig(baseline="filter", n_images=32, n_generated=8)))
     monkeypatch.setitem(compare.DEFENCES, "safetext", ("runs/safetext", baselines.BaselineConfig(steps=5)))
-    cfg = compare.CompareConfig(defences="none,filter,safetext", unsafe_repeats=1, benign_repeats=1)
+    cfg = compare.CompareConfig(defences="none,filter,safetext", unsafe_repeats=1, benign_repeats=1, sample_steps=2)
     rows, entries = compare.main(cfg)
     out = Path("runs/compare")
     md = (out / "compare.md").read_text()
