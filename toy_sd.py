@@ -161,11 +161,12 @@ def assemble(vae, text_encoder, tok, unet):
 
 # ---------------------------------------------------------------------------------------------------------
 # loading and saving
-def load_pipeline(model: str, device=None, safety_checker: bool = False):
+def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=None):
     """Open a Stable Diffusion v1.x pipeline: a diffusers folder (the pocket model or a real one) or a hub id.
 
     safety_checker: keep the pipeline's own image filter if it ships one (the external-filter baseline). Off by
     default: we measure what the weights do, as a white-box adversary who deletes the filter sees them.
+    dtype: load every part in this dtype (config.pick_dtype; for frozen pipelines only), None keeps float32.
     Raises a clear error for a folder that is not a pipeline, and for a hub id while offline.
     """
     from diffusers import StableDiffusionPipeline
@@ -185,11 +186,18 @@ def load_pipeline(model: str, device=None, safety_checker: bool = False):
                                 "(HF_HUB_OFFLINE=1 is set, or this is not an 'org/name' id). "
                                 "Download the model first, then pass its folder.")
     strip = {} if safety_checker else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if dtype is not None:
+        strip["torch_dtype"] = dtype
     pipe = StableDiffusionPipeline.from_pretrained(model, **strip)
     if len(pipe.tokenizer) < 100:
         raise ValueError(f"the tokenizer of {model} has only {len(pipe.tokenizer)} tokens; it did not load")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe
+
+
+def image_size(pipe) -> int:
+    """The side of the images a pipeline makes: 32 for the pocket model, 512 for SD v1.x."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
 def save_pipeline(pipe, folder, extra: dict | None = None) -> None:
@@ -234,20 +242,25 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def encode_text(text_encoder, tok, captions: list[str], device, batch: int = 512) -> torch.Tensor:
-    """CLIP hidden states the UNet is conditioned on: (N, MAX_TOKENS, width), as the SD pipeline computes them."""
+    """CLIP hidden states the UNet is conditioned on: (N, T, width), as the SD pipeline computes them
+    (T = MAX_TOKENS for the pocket model, 77 for SD). Float32 whatever the encoder's dtype."""
     out = []
     for i in range(0, len(captions), batch):
         ids = tok(captions[i : i + batch], padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids.to(device)
-        out.append(text_encoder(ids)[0])
+        out.append(text_encoder(ids)[0].float())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Scaled VAE latents (N, 4, 8, 8) of images (N, 3, 32, 32) in [-1, 1] (posterior mean)."""
+    """Scaled VAE latents (N, 4, H/f, W/f) of images (N, 3, H, W) in [-1, 1] (posterior mean), float32.
+
+    (N, 4, 8, 8) from (N, 3, 32, 32) in the pocket world. images may stay on the CPU: each batch is moved to
+    the VAE's device and dtype (use a small batch, e.g. 8, at 512x512)."""
     sf = vae.config.scaling_factor
-    return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mean * sf for i in range(0, len(images), batch)])
+    return torch.cat([vae.encode(images[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean.float() * sf
+                      for i in range(0, len(images), batch)])
 
 
 def train_clip(clip, tok, scenes: data.Scenes, cfg: PretrainConfig, device) -> None:
