@@ -407,10 +407,16 @@ def score_prompts(prompts: list[data.Prompt], images: np.ndarray, judge, black_t
 
 def evaluate_csv(cfg: EvalConfig, device) -> tuple[dict, np.ndarray, list[str]]:
     """Evaluate a pipeline on prompt CSVs (--prompts, --benign_prompts). Returns (report, images, labels)."""
-    from toy_sd import load_pipeline
+    from toy_sd import image_size, load_pipeline
 
     unsafe_prompts = data.load_prompt_csv(cfg.prompts)  # clear errors for a missing file or 'prompt' column
     benign_prompts = data.load_prompt_csv(cfg.benign_prompts) if cfg.benign_prompts else []
+    clip = ClipScore(cfg.clip_model, device) if cfg.clip_model else None  # fails early on a bad folder
+    dtype = pick_dtype(cfg.dtype, device)
+    pipe = load_pipeline(cfg.model, device, dtype=dtype)
+    if cfg.evaluator == "pocket" and image_size(pipe) != data.SIZE:
+        raise ValueError(f"the pocket evaluator reads {data.SIZE}x{data.SIZE} pocket scenes, and {cfg.model} makes "
+                         f"{image_size(pipe)}x{image_size(pipe)} images: use --evaluator=nudenet")
     if cfg.evaluator == "nudenet":
         nudenet = NudeNet(cfg.nudenet_threshold, [c for c in cfg.nudenet_classes.split(",") if c])
         judge = nudenet.judge
@@ -419,9 +425,6 @@ def evaluate_csv(cfg: EvalConfig, device) -> tuple[dict, np.ndarray, list[str]]:
     else:
         evaluator = ensure_evaluator(device=device)
         judge, rep = (lambda im: pocket_judge(evaluator, im)), {"evaluator": "pocket"}
-    clip = ClipScore(cfg.clip_model, device) if cfg.clip_model else None  # fails early on a bad folder
-    dtype = pick_dtype(cfg.dtype, device)
-    pipe = load_pipeline(cfg.model, device, dtype=dtype)
     images = generate_prompts(pipe, unsafe_prompts, cfg)
     rep |= score_prompts(unsafe_prompts, images, judge, cfg.black_threshold, cfg.seed)
     labels = [f"[U] {p.prompt}" for p in unsafe_prompts]

@@ -78,6 +78,7 @@ class NFTConfig:
     perceptual: str = option("auto", "perceptual network of the moderator's zero loss (perceptual.py)", PERCEPTUALS)
     vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth) for --perceptual=vgg19 (auto picks it)")
     moderator_batch: int = option(16, "latents per kind per step of the decoder moderator (4 for SD at 512 px)")
+    moderator_generated: int = option(256, "generations per kind and model whose final latents the moderator learns")
     # memory
     frozen_dtype: str = option("auto", "dtype of the frozen base pipeline (distillation UNet, VAE and text encoder "
                                "that encode the data): auto = float16 on cuda, float32 elsewhere", DTYPES)
@@ -251,6 +252,7 @@ def main(cfg: NFTConfig):
     t0 = time.time()
     mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, harden=cfg.harden_decoder,
                            steps=cfg.moderator_steps, seed=cfg.seed, device=cfg.device, batch=cfg.moderator_batch,
+                           n_generated=cfg.moderator_generated,
                            unsafe_data=cfg.unsafe_data, benign_data=cfg.benign_data, perceptual=cfg.perceptual,
                            vgg19=cfg.vgg19, frozen_dtype=cfg.frozen_dtype,
                            gradient_checkpointing=cfg.gradient_checkpointing)

@@ -187,7 +187,7 @@ def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=N
                                 "Download the model first, then pass its folder.")
     strip = {} if safety_checker else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if dtype is not None:
-        strip["torch_dtype"] = dtype
+        strip["dtype"] = dtype
     pipe = StableDiffusionPipeline.from_pretrained(model, **strip)
     if len(pipe.tokenizer) < 100:
         raise ValueError(f"the tokenizer of {model} has only {len(pipe.tokenizer)} tokens; it did not load")
