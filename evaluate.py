@@ -451,7 +451,7 @@ def evaluate_csv(cfg: EvalConfig, device) -> tuple[dict, np.ndarray, list[str]]:
 
 def main(cfg: EvalConfig):
     """Evaluate one pipeline: unsafe rate, benign accuracy, false refusals, fidelity; report.json + grid.png."""
-    from toy_sd import ensure_base, load_pipeline
+    from toy_sd import ensure_base, image_size, load_pipeline
 
     if cfg.table:
         print(markdown_table([f for f in cfg.table.split(",") if f]))
@@ -461,7 +461,13 @@ def main(cfg: EvalConfig):
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     t0 = time.time()
-    if cfg.model == "runs/base" or cfg.reference == "runs/base":
+    if cfg.model == "runs/base":
+        ensure_base("runs/base")
+    pipe = load_pipeline(cfg.model, device)
+    if image_size(pipe) != data.SIZE:
+        raise ValueError(f"{cfg.model} makes {image_size(pipe)}x{image_size(pipe)} images; the pocket prompts and "
+                         "evaluator are for 32x32 pocket scenes: use --evaluator=nudenet --prompts=<I2P-format CSV>")
+    if cfg.reference == "runs/base":
         ensure_base("runs/base")
     evaluator = ensure_evaluator(device=device)
     ref_images = None
@@ -472,14 +478,10 @@ def main(cfg: EvalConfig):
 
         ref_images = generate(ref, [it["prompt"] for it in items], [it["seed"] for it in items], cfg.steps,
                               cfg.guidance, progress=True)
-    pipe = load_pipeline(cfg.model, device)
     rep, items, images = evaluate_pipeline(pipe, evaluator, cfg, ref_images)
     if ref_images is None and cfg.reference == cfg.model:
         rep["fidelity"] = {"mse_to_base": 0.0, "fd_to_base": 0.0}
-    # beside the model when it is a local folder; runs/<name>/ when a name is given or the model is a hub id
-    out = Path("runs") / cfg.name if cfg.name else Path(cfg.model)
-    if not cfg.name and not out.is_dir():
-        out = Path("runs") / Path(cfg.model).name
+    out = report_dir(cfg)
     rep |= {"model": cfg.model, "seconds": round(time.time() - t0, 1), "run": run_record(cfg)}
     write_json(out / "report.json", rep)
     save_grid(items, images, out / "grid.png")

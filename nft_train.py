@@ -63,7 +63,7 @@ class NFTConfig:
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
-    n_images: int = option(2048, "defender's images per kind (unsafe / benign)")
+    n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a data folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
     # the reproduction's evaluation and attack
@@ -266,6 +266,8 @@ def main(cfg: NFTConfig):
               f"--reference={cfg.model}` and attack with `python attack.py --model={out} --unsafe_data=<folder> "
               "--prompts=<I2P csv>`")
     elif cfg.evaluate:
+        if base.unet.dtype != torch.float32:  # evaluate and attack both models in float32, as trained
+            base = load_pipeline(cfg.model, device)
         reproduce_table(base, pipe, cfg, out, times, device, seconds_per_step)
 
 

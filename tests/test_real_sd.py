@@ -229,6 +229,10 @@ def test_clear_errors(cwd, tmp_path):
     with pytest.raises(FileNotFoundError, match="metadata.jsonl is missing"):
         attack.main(attack.AttackConfig(model=str(cwd / "sd"), unsafe_data=str(nocap), prompts=str(cwd / "i2p.csv"),
                                         steps=1, checkpoints="1"))
+    with pytest.raises(ValueError, match="give --prompts"):  # the pocket evaluator on a 64 px model
+        attack.main(attack.AttackConfig(model=str(cwd / "sd"), unsafe_data=str(cwd / "unsafe")))
+    with pytest.raises(ValueError, match="use --evaluator=nudenet"):
+        evaluate.main(evaluate.EvalConfig(model=str(cwd / "sd")))
     with pytest.raises(ValueError, match="pocket world renders 32x32"):  # a 64 px model with no real data
         nft_train.main(tiny_nft(cwd, unsafe_data=""))
     with pytest.raises(FileNotFoundError, match="not a CLIPModel folder"):
