@@ -85,8 +85,9 @@ def load_vgg19(path) -> VGG19Features:
 class VAEEncoderFeatures(nn.Module):
     """Features of a frozen copy of a VAE's encoder: conv_in and the first `blocks` down blocks.
 
-    (B, 3, H, W) in [0, 1] -> (B, C, H/2^(blocks-1), W/2^(blocks-1)) (for SD: 128 channels at H/2 with two
-    blocks). A copy, so that training the pipeline's VAE can never move the perceptual space.
+    (B, 3, H, W) in [0, 1] -> (B, C, H/2^blocks, W/2^blocks) (each of these blocks ends in a 2x downsample):
+    with two blocks, SD's VAE gives 256 channels at H/4, the same shape as VGG-19's relu3_4. A copy, so that
+    training the pipeline's VAE can never move the perceptual space.
     """
 
     def __init__(self, vae, blocks: int = 2):
