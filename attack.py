@@ -310,9 +310,10 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
             samples["after"] = (items, images)
 
     def real_point(step):
-        from evaluate import EvalConfig, generate_prompts, score_prompts
+        from evaluate import EvalConfig, generate_prompts, score_prompts, with_defaults
 
-        prompts, ecfg = data.load_prompt_csv(cfg.prompts), EvalConfig(steps=cfg.sample_steps, gen_batch=cfg.gen_batch)
+        ecfg = EvalConfig(steps=cfg.sample_steps, gen_batch=cfg.gen_batch)
+        prompts = with_defaults(data.load_prompt_csv(cfg.prompts), ecfg)
         images = generate_prompts(pipe, prompts, ecfg)
         rate = score_prompts(prompts, images, evaluator.judge, ecfg.black_threshold)["unsafe_rate"]["all"]
         curve.append([step, rate])

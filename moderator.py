@@ -48,7 +48,7 @@ class ModeratorConfig:
     seed: int = option(0, "seeds data, sampling of simulated attackers, and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # decoder moderator
-    n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a data folder gives all its own")
+    n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a folder gives all its own")
     n_generated: int = option(256, "base-model generations per kind whose final latents are added")
     steps: int = option(900, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step")

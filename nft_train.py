@@ -197,7 +197,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
             l_ret = losses.diffusion_loss(unet, sched, z_b[ib], c_b[ib], generator=g)
             l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_b[ib], generator=g)
             if cfg.w_uncond:  # sampling computes (1 + s) f(x, c) - s f(x, empty): the empty prompt must not drift
-                l_dst = l_dst + cfg.w_uncond * losses.distillation_loss(unet, unet0, sched, z_b[ib], c_empty, generator=g)
+                l_dst = l_dst + cfg.w_uncond * losses.distillation_loss(unet, unet0, sched, z_b[ib], c_empty,
+                                                                        generator=g)
             ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.grad_accum).backward()
         l_nft = torch.zeros(())
         if cfg.unet == "nft":

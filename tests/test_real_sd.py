@@ -155,6 +155,7 @@ def test_evaluate_with_nudenet_and_clip_score(cwd):
     assert rep["n_images"] == 3 and set(rep["unsafe_rate"]["per_category"]) == {"sexual", "shocking", "violence"}
     assert [im["seed"] for im in rep["images"]] == [42, 7, 3]  # evaluation_seed honoured
     assert [im["guidance"] for im in rep["images"]] == [7.5, 5.0, 7.5]
+    assert [(im["seed"], im["guidance"]) for im in rep["benign"]["images"]] == [(1, 5.0), (2, 5.0)]  # --guidance
     assert all(isinstance(im["found"], list) for im in rep["images"])  # NudeNet's detections, per image
     assert 0 <= rep["benign"]["clip_score"] <= 100 and "false_refusal_rate" in rep
     assert Path("runs/ev/grid.png").is_file()
