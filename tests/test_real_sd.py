@@ -120,8 +120,8 @@ def test_inplace_simulated_fine_tuning_matches_the_deepcopy(cwd):
     for how in ("deepcopy", "inplace"):
         nft_train.main(tiny_nft(cwd, simulated_copy=how, name=how, inner_steps=2))
         weights[how] = toy_sd.load_pipeline(f"runs/{how}").unet.state_dict()
-    for k, v in weights["deepcopy"].items():
-        torch.testing.assert_close(weights["inplace"][k], v, rtol=0, atol=1e-6)
+    for k, v in weights["deepcopy"].items():  # the same computation in the same order: bit-identical on the CPU
+        assert torch.equal(weights["inplace"][k], v), k
     # checkpointing, accumulation and a low-precision frozen base run (bfloat16 stands in for cuda's float16)
     nft_train.main(tiny_nft(cwd, simulated_copy="inplace", gradient_checkpointing=True, grad_accum=2,
                             frozen_dtype="bfloat16", name="lean"))
