@@ -411,7 +411,7 @@ def save_samples(samples: dict, path, per_row: int = 8) -> None:
 
 def main(cfg: AttackConfig):
     """Attack one pipeline (or run a suite); write attacks.json and the attacked model to runs/<name>/."""
-    from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline
+    from evaluate import EvalConfig, NudeNet, ensure_evaluator, evaluate_pipeline
     from toy_sd import image_size, load_pipeline, save_pipeline
 
     check_folder(cfg.model)
@@ -420,8 +420,6 @@ def main(cfg: AttackConfig):
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     if cfg.prompts:
-        from evaluate import NudeNet
-
         data.load_prompt_csv(cfg.prompts)  # a bad CSV fails now, not after training
     pipe = load_pipeline(cfg.model, device)  # a clear error for a folder that does not exist
     if cfg.prompts:

@@ -67,8 +67,9 @@ def distillation_loss(unet, unet0, scheduler, x0, cond, generator=None):
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
     x_t = scheduler.add_noise(x0, noise, t)
+    dtype = getattr(unet0, "dtype", x_t.dtype)
     with torch.no_grad():
-        ref = unet0(x_t.to(unet0.dtype), t, encoder_hidden_states=cond.to(unet0.dtype)).sample.float()
+        ref = unet0(x_t.to(dtype), t, encoder_hidden_states=None if cond is None else cond.to(dtype)).sample.float()
     return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, ref)
 
 

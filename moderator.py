@@ -75,7 +75,7 @@ class ModeratorConfig:
                                "float32", DTYPES)
     gen_batch: int = option(128, "prompts per generation call when collecting features (8 to 16 for SD at 512 px)")
     gradient_checkpointing: bool = option(False, "recompute the decoder's activations in backward: less memory, "
-                                          "about 30% slower")
+                                          "slower")
 
 
 # attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.

@@ -63,7 +63,7 @@ class NFTConfig:
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
-    n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a data folder gives all its own")
+    n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
     # the reproduction's evaluation and attack
@@ -157,9 +157,7 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
 
 def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None):
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt."""
-    from toy_sd import build_scheduler, encode_images, encode_text, save_pipeline
-
-    from toy_sd import image_size
+    from toy_sd import build_scheduler, encode_images, encode_text, image_size, save_pipeline
 
     unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
     sched = build_scheduler("ddpm")
