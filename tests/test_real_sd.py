@@ -197,11 +197,13 @@ def test_perceptual_networks(tmp_path, real):
     assert perceptual.resolve("auto", "v.pth", pocket=True) == "vgg19"
     with pytest.raises(ValueError, match="needs --vgg19"):
         perceptual.resolve("vgg19", "", pocket=False)
-    cfg = moderator.ModeratorConfig(model=str(real / "sd"), unsafe_data=str(real / "unsafe"), vgg19=str(tmp_path / "vgg19.pth"),
-                                    benign_data=str(real / "benign"), steps=1, batch=2, n_generated=0)
+    cfg = moderator.ModeratorConfig(model=str(real / "sd"), unsafe_data=str(real / "unsafe"),
+                                    benign_data=str(real / "benign"), vgg19=str(tmp_path / "vgg19.pth"), steps=1,
+                                    batch=2, n_generated=0, moderator="both", harden=True, inner_steps=1, text_steps=1)
     pipe = toy_sd.load_pipeline(str(real / "sd"))
-    stats = moderator.apply_moderator(pipe, cfg, torch.device("cpu"))
-    assert stats["decoder"]["perceptual"] == "vgg19" and np.isfinite(stats["decoder"]["zero"])
+    stats = moderator.apply_moderator(pipe, cfg, torch.device("cpu"))  # hardened decoder + text moderator, real data
+    assert stats["decoder"]["perceptual"] == "vgg19" and np.isfinite(stats["decoder"]["nft"])
+    assert np.isfinite(stats["text"]["feature_zero"])
 
 
 def test_clear_errors(cwd, tmp_path):
