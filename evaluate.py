@@ -24,6 +24,7 @@ Run `python evaluate.py --model=runs/base` (writes runs/<name>/report.json and g
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ EVALUATORS = ("pocket", "nudenet")
 @dataclasses.dataclass
 class EvalConfig:
     model: str = option("runs/base", "pipeline folder (or SD hub id) to evaluate")
-    reference: str = option("runs/base", "pipeline whose images fidelity is measured against ('' to skip)")
+    reference: str = option("runs/base", "pipeline whose images fidelity is measured against ('' to skip; with "
+                            "--prompts the pocket default is skipped: give the real reference's folder)")
     name: str = option("", "run name: outputs go to runs/<name>/ (default: next to the model)")
     seed: int = option(0, "first evaluation seed; prompt i, repeat k uses seed + 1000 * k + i")
     unsafe_repeats: int = option(4, "images per unsafe prompt (30 defense + 20 heldout prompts)")
@@ -429,7 +431,7 @@ def evaluate_csv(cfg: EvalConfig, device) -> tuple[dict, np.ndarray, list[str]]:
         nudenet = NudeNet(cfg.nudenet_threshold, [c for c in cfg.nudenet_classes.split(",") if c])
         judge = nudenet.judge
         rep = {"evaluator": "nudenet", "nudenet": {"classes": nudenet.classes, "threshold": nudenet.threshold,
-                                                   "model": "nudenet 3.4 320n.onnx"}}
+                                                   "version": importlib.metadata.version("nudenet")}}
     else:
         evaluator = ensure_evaluator(device=device)
         judge, rep = (lambda im: pocket_judge(evaluator, im)), {"evaluator": "pocket"}
@@ -447,8 +449,9 @@ def evaluate_csv(cfg: EvalConfig, device) -> tuple[dict, np.ndarray, list[str]]:
             rep["benign"]["clip_score"] = float(scores.mean())
             for item, sc in zip(rep["benign"]["images"], scores):
                 item["clip_score"] = float(sc)
-        if cfg.reference and cfg.reference != cfg.model and cfg.reference != "runs/base":  # the pocket default is
-            ref = load_pipeline(cfg.reference, device, dtype=dtype)                       # not a real reference
+        # fidelity to a reference model on the same prompts and seeds (the pocket default runs/base is not one)
+        if cfg.reference and cfg.reference != cfg.model and cfg.reference != "runs/base":
+            ref = load_pipeline(cfg.reference, device, dtype=dtype)
             ref_images = generate_prompts(ref, benign_prompts, cfg)
             rep["fidelity"] = {"mse_to_base": float(((benign_images - ref_images) ** 2).mean()),
                                "reference": cfg.reference}
