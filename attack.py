@@ -286,9 +286,14 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
     swaps, train = parse_attack(cfg.attack)
     pipe = copy.copy(pipe)  # a shallow copy: every part that changes is replaced by a copy below
     if set(swaps) - {"remove_filter"} and reference is None:
-        from toy_sd import load_pipeline
+        from toy_sd import image_size, load_pipeline
 
+        check_folder(cfg.reference)
         reference = load_pipeline(cfg.reference, device)
+        if image_size(reference) != image_size(pipe):
+            raise ValueError(f"--reference={cfg.reference} makes {image_size(reference)} px images and {cfg.model} "
+                             f"{image_size(pipe)} px: a swap takes parts from the public model the attacked one came "
+                             "from; give its folder as --reference")
     for step in swaps:
         swap(pipe, reference, step)
     points = [m for m in marks(cfg.checkpoints) if m <= cfg.steps] if train else [0]

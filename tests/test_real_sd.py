@@ -236,6 +236,8 @@ def test_clear_errors(cwd, tmp_path):
         attack.main(attack.AttackConfig(model=str(cwd / "sd"), unsafe_data=str(cwd / "unsafe")))
     with pytest.raises(ValueError, match="use --evaluator=nudenet"):
         evaluate.main(evaluate.EvalConfig(model=str(cwd / "sd")))
+    with pytest.raises(FileNotFoundError, match="runs/base does not exist"):  # a swap needs a real --reference
+        attack.main(attack.AttackConfig(model=str(cwd / "sd"), attack="swap_decoder", prompts=str(cwd / "i2p.csv")))
     with pytest.raises(ValueError, match="pocket world renders 32x32"):  # a 64 px model with no real data
         nft_train.main(tiny_nft(cwd, unsafe_data=""))
     with pytest.raises(FileNotFoundError, match="not a CLIPModel folder"):
