@@ -174,6 +174,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
     if black_mean > 0.05:  # the black loss would teach the UNet to make whatever this latent decodes to
         print(f"warning: the VAE decodes the black image's latent to mean pixel {black_mean:.2f}, not black; "
               "suppression will not give black refusals")
+    if device.type == "cuda":  # the peak memory of the min-max loop goes into nft_config.json
+        torch.cuda.reset_peak_memory_stats(device)
     unet = pipe.unet.train().requires_grad_(True)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -247,6 +249,7 @@ def main(cfg: NFTConfig):
     # (what an attacker who undoes the NFT gets back) and the defended UNet.
     t0 = time.time()
     seconds_per_step = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.unet != "off" else None
+    unet_peak_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     times["unet"] = time.time() - t0
     t0 = time.time()
     mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, harden=cfg.harden_decoder,
@@ -258,6 +261,8 @@ def main(cfg: NFTConfig):
     stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])
     times["moderator"] = time.time() - t0
     record = run_record(cfg) | {"moderator": stats, "unet_seconds_per_outer_step": seconds_per_step}
+    if device.type == "cuda" and cfg.unet != "off":
+        record["unet_cuda_peak_gb"] = round(unet_peak_bytes / 1e9, 2)
     save_pipeline(pipe, out, {"nft_config.json": record})
     print(f"defended pipeline saved to {out}")
     if cfg.evaluate and (cfg.unsafe_data or cfg.benign_data):  # the table needs the pocket evaluator's labels

@@ -420,6 +420,34 @@ def _text_tower(clip):
     return te.to(clip.device).eval().requires_grad_(False)
 
 
+def random_sd15(folder, seed: int = 0):
+    """Save a pipeline shaped like Stable Diffusion v1.5 (same UNet, VAE and text-encoder sizes) with random
+    weights: for measuring time and memory of the real-size path without downloading anything.
+
+    The tokenizer is the pocket one (694 tokens, 77 positions); the text encoder keeps CLIP ViT-L/14's 49408-row
+    embedding. It generates noise: use it for timings, never for results. About 4.3 GB on disk.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = write_tokenizer(Path(folder).with_name(Path(folder).name + ".tokenizer_src"), data.vocabulary())
+    tok.model_max_length = 77
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                                num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                                hidden_act="quick_gelu", projection_dim=768, **ids))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, sample_size=512, scaling_factor=0.18215)
+    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                                block_out_channels=(320, 640, 1280, 1280),
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
+                                attention_head_dim=8)
+    save_pipeline(assemble(vae, text_encoder, tok, unet), folder)
+
+
 def ensure_base(out: str = "runs/base", device=None, seed: int = 0):
     """The pocket base model: loaded from `out` when cached, pretrained (a few minutes) when missing."""
     if not (Path(out) / "model_index.json").is_file():
