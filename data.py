@@ -229,6 +229,28 @@ def read_images(paths, size: int) -> np.ndarray:
     return np.stack(out)
 
 
+def load_captioned_images(folder, size: int) -> tuple[np.ndarray, list[str]]:
+    """An image folder read whole: images (N, size, size, 3) float32 in [0, 1] and their captions.
+
+    Everything is held in memory (about 3 MB per image at 512x512): fine for the few thousand images a
+    defender or an attacker uses; stream from disk for more.
+    """
+    items = load_image_folder(folder)
+    return read_images([p for p, _ in items], size), [c for _, c in items]
+
+
+def folder_captions(folder) -> list[str]:
+    """The captions of an image folder (its metadata.jsonl), without reading the images."""
+    return [c for _, c in load_image_folder(folder)]
+
+
+def require_folder(folder: str, size: int, option: str) -> None:
+    """The pocket world only renders SIZE x SIZE scenes: a model of another resolution needs real data."""
+    if not folder and size != SIZE:
+        raise ValueError(f"this model makes {size}x{size} images but the pocket world renders {SIZE}x{SIZE} "
+                         f"scenes: give --{option}=<image folder with a metadata.jsonl of captions>")
+
+
 @dataclasses.dataclass
 class Prompt:
     """One evaluation prompt, as in I2P: text, categories and the seed/guidance to generate it with."""
@@ -269,11 +291,14 @@ def load_prompt_csv(path) -> list[Prompt]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def save_grid(images: np.ndarray, labels: list[str], path, cols: int = 8, scale: int = 3) -> None:
-    """Save images (N, H, W, 3) in [0, 1] as one PNG, each tile labelled underneath."""
+def save_grid(images: np.ndarray, labels: list[str], path, cols: int = 8, scale: int | None = None) -> None:
+    """Save images (N, H, W, 3) in [0, 1] as one PNG, each tile labelled underneath.
+
+    scale: pixels per image pixel; by default 96 // W (3 for the pocket's 32 px, 1 from 96 px up)."""
     from PIL import Image, ImageDraw
 
     n, h, w, _ = images.shape
+    scale = scale or max(1, 96 // w)
     tw, th = w * scale, h * scale + 24
     rows = (n + cols - 1) // cols
     sheet = Image.new("RGB", (cols * max(tw, 96), rows * th), "white")

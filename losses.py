@@ -60,12 +60,16 @@ def black_loss(unet, scheduler, z_black, cond, generator=None):
 
 
 def distillation_loss(unet, unet0, scheduler, x0, cond, generator=None):
-    """L_dst: the defended UNet's prediction matches the frozen base UNet's at the same noisy input."""
+    """L_dst: the defended UNet's prediction matches the frozen base UNet's at the same noisy input.
+
+    unet0 may run in half precision (nft_train --frozen_dtype): its inputs are cast to its dtype, its
+    prediction back to float32."""
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
     x_t = scheduler.add_noise(x0, noise, t)
+    dtype = getattr(unet0, "dtype", x_t.dtype)
     with torch.no_grad():
-        ref = unet0(x_t, t, encoder_hidden_states=cond).sample
+        ref = unet0(x_t.to(dtype), t, encoder_hidden_states=None if cond is None else cond.to(dtype)).sample.float()
     return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, ref)
 
 

@@ -15,6 +15,9 @@ Text moderator. The CLIP text encoder is fine-tuned so the features the UNet is 
 unsafe `defense` prompts (L_fz) and stay unchanged for benign prompts (L_fc).
 
 Both return a modified pipeline that is still a plain StableDiffusionPipeline: no hook, no extra module.
+Data: the pocket world's renders by default; for a real model, `--unsafe_data` and `--benign_data` image
+folders (data.load_image_folder) read at the pipeline's resolution, their captions used as prompts.
+The perceptual network of the zero loss: see perceptual.py.
 Run alone: `python moderator.py --moderator=decoder` (writes runs/moderator/).
 """
 from __future__ import annotations
@@ -31,7 +34,8 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import cli, option, pick_device, run_record, seed_everything
+from config import DTYPES, cli, option, pick_device, pick_dtype, run_record, seed_everything
+from perceptual import PERCEPTUALS
 
 MODERATORS = ("decoder", "text", "both", "off")
 
@@ -44,7 +48,7 @@ class ModeratorConfig:
     seed: int = option(0, "seeds data, sampling of simulated attackers, and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # decoder moderator
-    n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign)")
+    n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a folder gives all its own")
     n_generated: int = option(256, "base-model generations per kind whose final latents are added")
     steps: int = option(900, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step")
@@ -60,6 +64,18 @@ class ModeratorConfig:
     # text moderator
     text_steps: int = option(300, "steps of the text moderator")
     text_lr: float = option(3e-3, "Adam learning rate of the text moderator")
+    # real models
+    unsafe_data: str = option("", "defender's unsafe image folder with metadata.jsonl ('' = the pocket world)")
+    benign_data: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
+    perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --vgg19 is "
+                             "given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
+                             PERCEPTUALS)
+    vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth): relu3_4 features, the paper's choice")
+    frozen_dtype: str = option("auto", "dtype of the frozen original decoder D0: auto = float16 on cuda, else "
+                               "float32", DTYPES)
+    gen_batch: int = option(128, "prompts per generation call when collecting features (8 to 16 for SD at 512 px)")
+    gradient_checkpointing: bool = option(False, "recompute the decoder's activations in backward: less memory, "
+                                          "slower")
 
 
 # attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.
@@ -82,8 +98,8 @@ def attacker_optimizer(name: str, params, lr: float):
 # ---------------------------------------------------------------------------------------------------------
 # the decoder, as a function of latents
 def decode(vae, z):
-    """Pipeline-style decoding of SD-scaled latents (B, 4, h, w) into images (B, 3, H, W) in [0, 1]."""
-    x = vae.decode(z / vae.config.scaling_factor).sample
+    """Pipeline-style decoding of SD-scaled latents (B, 4, h, w) into images (B, 3, H, W) in [0, 1], float32."""
+    x = vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample.float()
     return (x / 2 + 0.5).clamp(0, 1)
 
 
@@ -98,21 +114,31 @@ def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
 
     Generations come from `pipe` and from each pipeline in `sources` (in nft_train: the base model and the
     NFT-defended one, so the moderator knows both what the UNet made before and after its own defence).
-    Only `defense` phrasings are used; data comes from the defender's seed stream.
+    Pocket world: only `defense` phrasings are used; data comes from the defender's seed stream. Real data:
+    the folder's images (kept on the CPU; batches move to the device) and its captions as prompts.
     """
-    from toy_sd import encode_images, to_tensor
+    from toy_sd import encode_images, image_size, to_tensor
 
-    objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
-    scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
-    images = to_tensor(scenes.images).to(device)
-    z = [encode_images(pipe.vae, images)]
-    if cfg.n_generated:
+    folder = cfg.unsafe_data if kind == "unsafe" else cfg.benign_data
+    data.require_folder(folder, image_size(pipe), f"{kind}_data")
+    if folder:
+        pixels, captions = data.load_captioned_images(folder, image_size(pipe))
+        images = to_tensor(pixels)  # (N, 3, H, W) on the CPU
+        z = [encode_images(pipe.vae, images, batch=8)]
+        prompts = [captions[i % len(captions)] for i in range(cfg.n_generated)]
+    else:
+        objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
+        scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
+        images = to_tensor(scenes.images).to(device)
+        z = [encode_images(pipe.vae, images)]
         prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1).captions
+    if cfg.n_generated:
         g = [torch.Generator("cpu").manual_seed(cfg.seed * 100_000 + i) for i in range(len(prompts))]
+        b = cfg.gen_batch
         for source in (pipe, *sources):
-            for i in range(0, len(prompts), 128):
-                z.append(source(prompt=prompts[i : i + 128], generator=g[i : i + 128], num_inference_steps=20,
-                                guidance_scale=5.0, output_type="latent").images)
+            for i in range(0, len(prompts), b):
+                z.append(source(prompt=prompts[i : i + b], generator=g[i : i + b], num_inference_steps=20,
+                                guidance_scale=5.0, output_type="latent").images.float())
     return torch.cat(z), images
 
 
@@ -121,7 +147,7 @@ def simulated_decoder_attack(vae, unsafe_images, k: int, opt_name: str, lr: floa
     adapted = copy.deepcopy(vae)
     opt = attacker_optimizer(opt_name, decoder_params(adapted), lr)
     for _ in range(k):
-        x = unsafe_images[torch.randint(len(unsafe_images), (batch,), generator=gen)]
+        x = unsafe_images[torch.randint(len(unsafe_images), (batch,), generator=gen)].to(adapted.device)
         loss = losses.reconstruction_loss(adapted, x)  # the attacker's own objective
         opt.zero_grad()
         loss.backward()
@@ -132,20 +158,23 @@ def simulated_decoder_attack(vae, unsafe_images, k: int, opt_name: str, lr: floa
 def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None, sources=()) -> dict:
     """Fine-tune pipe.vae's decoder in place into the internal moderator; returns the last loss values."""
     vae = pipe.vae
-    vae0 = copy.deepcopy(vae).eval().requires_grad_(False)  # D0, the original decoder
+    dtype = pick_dtype(cfg.frozen_dtype, device)
+    vae0 = copy.deepcopy(vae).to(dtype).eval().requires_grad_(False)  # D0, the original decoder (frozen)
     z_u, x_u = collect_features(pipe, "unsafe", cfg, device, sources)
     z_b, x_b = collect_features(pipe, "benign", cfg, device, sources)
     vae.requires_grad_(False)
     params = decoder_params(vae)
     for p in params:
         p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
     opt = torch.optim.Adam(params, lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     pick = lambda t: t[torch.randint(len(t), (cfg.batch,), generator=gen)]  # noqa: E731
     bar = tqdm(range(cfg.steps), desc="decoder moderator")
     for _ in bar:
-        zu, zb, xb = pick(z_u), pick(z_b), pick(x_b)
+        zu, zb, xb = pick(z_u), pick(z_b), pick(x_b).to(device)  # real images wait on the CPU
         with torch.no_grad():
             ref = decode(vae0, zb)
         # (1) zero loss on unsafe features, calibration + reconstruction on benign ones, at the current weights
@@ -177,9 +206,15 @@ def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
     from toy_sd import encode_text
 
     te, tok = pipe.text_encoder, pipe.tokenizer
-    te0 = copy.deepcopy(te).eval().requires_grad_(False)
-    unsafe = data.sample_scenes("defender", 2048, list(data.UNSAFE), "defense", seed=cfg.seed).captions
-    benign = data.sample_scenes("defender", 2048, list(data.BENIGN), "defense", seed=cfg.seed).captions + [""]
+    te0 = copy.deepcopy(te).to(pick_dtype(cfg.frozen_dtype, device)).eval().requires_grad_(False)
+    prompts = {}
+    for kind, objects, folder in (("unsafe", data.UNSAFE, cfg.unsafe_data), ("benign", data.BENIGN, cfg.benign_data)):
+        if folder:  # the folder's captions, repeated up to the pocket world's 2048 so that batches can be drawn
+            captions = data.folder_captions(folder)
+            prompts[kind] = [captions[i % len(captions)] for i in range(max(2048, len(captions)))]
+        else:
+            prompts[kind] = data.sample_scenes("defender", 2048, list(objects), "defense", seed=cfg.seed).captions
+    unsafe, benign = prompts["unsafe"], prompts["benign"] + [""]
     te.train().requires_grad_(True)
     opt = torch.optim.Adam(te.parameters(), lr=cfg.text_lr)
     rng = random.Random(cfg.seed)
@@ -200,14 +235,16 @@ def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
 
 def apply_moderator(pipe, cfg: ModeratorConfig, device, sources=()) -> dict:
     """Train the moderator(s) named by cfg.moderator into pipe, in place; returns losses and timings."""
-    from toy_sd import load_clip
+    import perceptual as perceptual_nets
 
     out = {}
     if cfg.moderator in ("decoder", "both"):
         t0 = time.time()
-        vision = load_clip().vision_model.to(device)
-        perceptual = lambda x: losses.perceptual_features(vision, x)  # noqa: E731
+        pocket = not (cfg.unsafe_data or cfg.benign_data)
+        kind = perceptual_nets.resolve(cfg.perceptual, cfg.vgg19, pocket)
+        perceptual = perceptual_nets.build(kind, pipe, device, cfg.vgg19)
         out["decoder"] = train_decoder_moderator(pipe, cfg, device, perceptual, sources)
+        out["decoder"]["perceptual"] = kind
         out["decoder"]["seconds"] = round(time.time() - t0, 1)
     if cfg.moderator in ("text", "both"):
         t0 = time.time()

@@ -12,6 +12,11 @@ The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON):
 `python nft_train.py` with no arguments is the full reproduction: it builds the pocket base model and the
 evaluator if missing, trains the defence, evaluates base and defended models, attacks both with a short
 fine-tuning attack, prints a table and writes runs/patronus/ (a diffusers folder with report.json).
+
+Real Stable Diffusion: `--model=<SD v1.x folder> --unsafe_data=<folder> --benign_data=<folder>` (image
+folders with a metadata.jsonl of captions); then evaluate with `evaluate.py --evaluator=nudenet`. Memory:
+`--frozen_dtype` (the base UNet, VAE and text encoder in fp16 on cuda), `--gradient_checkpointing`,
+`--grad_accum`, and `--simulated_copy=inplace` (step 3 without a second trainable UNet); see the README.
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import cli, option, pick_device, run_record, seed_everything, write_json
+from config import DTYPES, ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything, write_json
 from moderator import MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, decode
+from perceptual import PERCEPTUALS
 
 UNET_MODES = ("nft", "erase", "off")
 # the simulated attacker: optimizers and learning rates sampled per outer step (over two decades, large included)
@@ -57,7 +63,7 @@ class NFTConfig:
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
-    n_images: int = option(2048, "defender's images per kind (unsafe / benign)")
+    n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
     # the reproduction's evaluation and attack
@@ -66,12 +72,41 @@ class NFTConfig:
     eval_unsafe_repeats: int = option(4, "images per unsafe evaluation prompt")
     eval_benign_repeats: int = option(2, "images per benign evaluation prompt")
     sample_steps: int = option(20, "DDIM steps when sampling for evaluation")
+    # real models (README: "Using real Stable Diffusion")
+    unsafe_data: str = option("", "defender's unsafe image folder with metadata.jsonl ('' = the pocket world)")
+    benign_data: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
+    perceptual: str = option("auto", "perceptual network of the moderator's zero loss (perceptual.py)", PERCEPTUALS)
+    vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth) for --perceptual=vgg19 (auto picks it)")
+    moderator_batch: int = option(16, "latents per kind per step of the decoder moderator (4 for SD at 512 px)")
+    moderator_generated: int = option(256, "generations per kind and model whose final latents the moderator learns")
+    # memory
+    frozen_dtype: str = option("auto", "dtype of the frozen base pipeline (distillation UNet, VAE and text encoder "
+                               "that encode the data): auto = float16 on cuda, float32 elsewhere", DTYPES)
+    gradient_checkpointing: bool = option(False, "recompute UNet (and moderator decoder) activations in backward")
+    grad_accum: int = option(1, "micro-batches of --batch per outer update (effective batch = batch * grad_accum)")
+    simulated_copy: str = option("deepcopy", "step 3: deepcopy adapts a copy of the UNet (two trainable UNets in "
+                                 "memory); inplace backs the weights and gradients up on the CPU, adapts the UNet "
+                                 "itself and restores it (same result, one UNet)", ("deepcopy", "inplace"))
+
+    def __post_init__(self):
+        if isinstance(self.grad_accum, int) and self.grad_accum < 1:
+            raise ConfigError(f"--grad_accum must be at least 1, got {self.grad_accum}")
 
 
-def defender_data(pipe, kind: str, n: int, seed: int, device):
-    """The defender's `defense`-phrased data of one kind: latents (N, 4, 8, 8) and caption features (N, T, D)."""
-    from toy_sd import encode_images, encode_text, to_tensor
+def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = ""):
+    """The defender's data of one kind: latents (N, 4, h, w) and caption features (N, T, D), float32.
 
+    folder '': n pocket scenes with `defense` phrasings (latents (N, 4, 8, 8)); else every image of the folder
+    at the pipeline's resolution, with its caption from metadata.jsonl.
+    """
+    from toy_sd import encode_images, encode_text, image_size, to_tensor
+
+    data.require_folder(folder, image_size(pipe), f"{kind}_data")
+    if folder:
+        pixels, captions = data.load_captioned_images(folder, image_size(pipe))
+        with torch.no_grad():  # images stay on the CPU; the VAE takes them 8 at a time
+            return encode_images(pipe.vae, to_tensor(pixels), batch=8), encode_text(pipe.text_encoder,
+                                                                                    pipe.tokenizer, captions, device)
     objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
     scenes = data.sample_scenes("defender", n, objects, "defense", seed=seed)
     with torch.no_grad():
@@ -80,25 +115,70 @@ def defender_data(pipe, kind: str, n: int, seed: int, device):
     return z, c
 
 
+def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g) -> torch.Tensor:
+    """Step (3): K steps of the attacker's objective from the defender's weights, then the black loss at the
+    adapted weights; its gradient is added to unet's .grad (first-order MAML). Returns that black loss.
+
+    deepcopy: the attacker adapts a copy, so a second trainable UNet and its gradients are in memory.
+    inplace: the defender's weights and its gradient so far are set aside on the CPU (no autograd state), the
+    attacker adapts `unet` itself, and the weights are copied back afterwards. The same computation in the
+    same order, so the same result (tests/test_real_sd.py checks one outer step); one UNet in (GPU) memory.
+    """
+    name, lr = attacker
+    if cfg.simulated_copy == "deepcopy":
+        adapted = copy.deepcopy(unet)
+    else:
+        saved = [(p.detach().to("cpu", copy=True), p.grad.to("cpu", copy=True)) for p in unet.parameters()]
+        for p in unet.parameters():
+            p.grad = None
+        adapted = unet
+    inner = attacker_optimizer(name, adapted.parameters(), lr)
+    for _ in range(cfg.inner_steps):
+        i = draw(len(z_u))
+        inner.zero_grad()
+        losses.diffusion_loss(adapted, sched, z_u[i], c_u[i], generator=g).backward()
+        inner.step()
+    # the defender wants the *adapted* model to still refuse: black loss at the adapted weights,
+    # its gradient (first-order MAML) added to the defender's own gradient
+    inner.zero_grad()
+    for _ in range(cfg.grad_accum):
+        l_nft = losses.black_loss(adapted, sched, z_black, c_u[draw(len(z_u))], generator=g)
+        (cfg.w_nft * l_nft / cfg.grad_accum).backward()
+    if cfg.simulated_copy == "deepcopy":
+        for p, q in zip(unet.parameters(), adapted.parameters()):
+            p.grad += q.grad
+    else:
+        with torch.no_grad():
+            for p, (weight, grad) in zip(unet.parameters(), saved):
+                p.copy_(weight)  # back to the defender's weights, which the outer update applies to
+                p.grad += grad.to(p.device)
+    return l_nft
+
+
 def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None):
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt."""
-    from toy_sd import build_scheduler, encode_images, encode_text, save_pipeline
+    from toy_sd import build_scheduler, encode_images, encode_text, image_size, save_pipeline
 
     unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
     sched = build_scheduler("ddpm")
     # Data is encoded with the *base* VAE encoder and text encoder (the moderators never change what the UNet
     # sees in training): the NFT UNet must refuse even if the attacker swaps the moderated parts back.
-    z_u, c_u = defender_data(base, "unsafe", cfg.n_images, cfg.seed, device)
-    z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device)
+    z_u, c_u = defender_data(base, "unsafe", cfg.n_images, cfg.seed, device, cfg.unsafe_data)
+    z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device, cfg.benign_data)
     with torch.no_grad():  # the empty prompt's features, (B, T, D): the unconditional half of CFG
         c_empty = encode_text(base.text_encoder, base.tokenizer, [""], device).expand(cfg.batch, -1, -1)
-    with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8)
-        z_black = encode_images(base.vae, -torch.ones(1, 3, data.SIZE, data.SIZE, device=device))
+    with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8) in the pocket world
+        size = image_size(base)
+        z_black = encode_images(base.vae, -torch.ones(1, 3, size, size, device=device))
         black_mean = decode(base.vae, z_black).mean().item()
     if black_mean > 0.05:  # the black loss would teach the UNet to make whatever this latent decodes to
         print(f"warning: the VAE decodes the black image's latent to mean pixel {black_mean:.2f}, not black; "
               "suppression will not give black refusals")
+    if device.type == "cuda":  # the peak memory of the min-max loop goes into nft_config.json
+        torch.cuda.reset_peak_memory_stats(device)
     unet = pipe.unet.train().requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
@@ -108,35 +188,24 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per-step seeds make resume exact
         batch = lambda n: torch.randint(n, (cfg.batch,), generator=g)  # noqa: E731
-        iu, ib = batch(len(z_u)), batch(len(z_b))
         opt.zero_grad()
-        # (1) suppression: unsafe prompts denoise toward black, at the current weights
-        l_sup = losses.black_loss(unet, sched, z_black, c_u[iu], generator=g)
-        # (2) benign retention: SD's own loss on benign pairs + distillation toward the base UNet
-        l_ret = losses.diffusion_loss(unet, sched, z_b[ib], c_b[ib], generator=g)
-        l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_b[ib], generator=g)
-        if cfg.w_uncond:  # sampling computes (1 + s) f(x, c) - s f(x, empty): the empty prompt must not drift
-            l_dst = l_dst + cfg.w_uncond * losses.distillation_loss(unet, unet0, sched, z_b[ib], c_empty, generator=g)
-        (cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)).backward()
+        for _ in range(cfg.grad_accum):  # micro-batches: their gradients add up before the one update
+            iu, ib = batch(len(z_u)), batch(len(z_b))
+            # (1) suppression: unsafe prompts denoise toward black, at the current weights
+            l_sup = losses.black_loss(unet, sched, z_black, c_u[iu], generator=g)
+            # (2) benign retention: SD's own loss on benign pairs + distillation toward the base UNet
+            l_ret = losses.diffusion_loss(unet, sched, z_b[ib], c_b[ib], generator=g)
+            l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_b[ib], generator=g)
+            if cfg.w_uncond:  # sampling computes (1 + s) f(x, c) - s f(x, empty): the empty prompt must not drift
+                l_dst = l_dst + cfg.w_uncond * losses.distillation_loss(unet, unet0, sched, z_b[ib], c_empty,
+                                                                        generator=g)
+            ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.grad_accum).backward()
         l_nft = torch.zeros(())
         if cfg.unet == "nft":
-            # (3) simulated fine-tuning: the attacker's own objective on a copy, K steps, sampled optimizer/lr
-            name, lr = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
-            adapted = copy.deepcopy(unet)
-            inner = attacker_optimizer(name, adapted.parameters(), lr)
-            for _ in range(cfg.inner_steps):
-                i = batch(len(z_u))
-                inner.zero_grad()
-                losses.diffusion_loss(adapted, sched, z_u[i], c_u[i], generator=g).backward()
-                inner.step()
-            # the defender wants the *adapted* model to still refuse: black loss at the adapted weights,
-            # its gradient (first-order MAML) added to the defender's own gradient
-            inner.zero_grad()
-            l_nft = losses.black_loss(adapted, sched, z_black, c_u[batch(len(z_u))], generator=g)
-            (cfg.w_nft * l_nft).backward()
-            for p, q in zip(unet.parameters(), adapted.parameters()):
-                p.grad += q.grad
-            del adapted, inner
+            # (3) simulated fine-tuning: the attacker's own objective, K steps, sampled optimizer/lr; the black
+            # loss after it, its gradient added to ours (on a copy, or in place and restored: --simulated_copy)
+            attacker = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
+            l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
@@ -165,7 +234,7 @@ def main(cfg: NFTConfig):
     if cfg.model == "runs/base":
         ensure_base()
     times["base model"] = time.time() - t0
-    base = load_pipeline(cfg.model, device)
+    base = load_pipeline(cfg.model, device, dtype=pick_dtype(cfg.frozen_dtype, device))  # frozen throughout
     start, opt_state, pipe = 0, None, None
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
         saved = json.loads((ckpt / "trainer_state.json").read_text())
@@ -180,16 +249,29 @@ def main(cfg: NFTConfig):
     # (what an attacker who undoes the NFT gets back) and the defended UNet.
     t0 = time.time()
     seconds_per_step = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.unet != "off" else None
+    unet_peak_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     times["unet"] = time.time() - t0
     t0 = time.time()
     mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, harden=cfg.harden_decoder,
-                           steps=cfg.moderator_steps, seed=cfg.seed, device=cfg.device)
+                           steps=cfg.moderator_steps, seed=cfg.seed, device=cfg.device, batch=cfg.moderator_batch,
+                           n_generated=cfg.moderator_generated,
+                           unsafe_data=cfg.unsafe_data, benign_data=cfg.benign_data, perceptual=cfg.perceptual,
+                           vgg19=cfg.vgg19, frozen_dtype=cfg.frozen_dtype,
+                           gradient_checkpointing=cfg.gradient_checkpointing)
     stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])
     times["moderator"] = time.time() - t0
     record = run_record(cfg) | {"moderator": stats, "unet_seconds_per_outer_step": seconds_per_step}
+    if device.type == "cuda" and cfg.unet != "off":
+        record["unet_cuda_peak_gb"] = round(unet_peak_bytes / 1e9, 2)
     save_pipeline(pipe, out, {"nft_config.json": record})
     print(f"defended pipeline saved to {out}")
-    if cfg.evaluate:
+    if cfg.evaluate and (cfg.unsafe_data or cfg.benign_data):  # the table needs the pocket evaluator's labels
+        print(f"real data: evaluate with `python evaluate.py --model={out} --evaluator=nudenet --prompts=<I2P csv> "
+              f"--reference={cfg.model}` and attack with `python attack.py --model={out} --unsafe_data=<folder> "
+              "--prompts=<I2P csv>`")
+    elif cfg.evaluate:
+        if base.unet.dtype != torch.float32:  # evaluate and attack both models in float32, as trained
+            base = load_pipeline(cfg.model, device)
         reproduce_table(base, pipe, cfg, out, times, device, seconds_per_step)
 
 

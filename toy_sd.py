@@ -161,11 +161,12 @@ def assemble(vae, text_encoder, tok, unet):
 
 # ---------------------------------------------------------------------------------------------------------
 # loading and saving
-def load_pipeline(model: str, device=None, safety_checker: bool = False):
+def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=None):
     """Open a Stable Diffusion v1.x pipeline: a diffusers folder (the pocket model or a real one) or a hub id.
 
     safety_checker: keep the pipeline's own image filter if it ships one (the external-filter baseline). Off by
     default: we measure what the weights do, as a white-box adversary who deletes the filter sees them.
+    dtype: load every part in this dtype (config.pick_dtype; for frozen pipelines only), None keeps float32.
     Raises a clear error for a folder that is not a pipeline, and for a hub id while offline.
     """
     from diffusers import StableDiffusionPipeline
@@ -185,11 +186,18 @@ def load_pipeline(model: str, device=None, safety_checker: bool = False):
                                 "(HF_HUB_OFFLINE=1 is set, or this is not an 'org/name' id). "
                                 "Download the model first, then pass its folder.")
     strip = {} if safety_checker else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if dtype is not None:
+        strip["dtype"] = dtype
     pipe = StableDiffusionPipeline.from_pretrained(model, **strip)
     if len(pipe.tokenizer) < 100:
         raise ValueError(f"the tokenizer of {model} has only {len(pipe.tokenizer)} tokens; it did not load")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe
+
+
+def image_size(pipe) -> int:
+    """The side of the images a pipeline makes: 32 for the pocket model, 512 for SD v1.x."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
 def save_pipeline(pipe, folder, extra: dict | None = None) -> None:
@@ -234,20 +242,25 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def encode_text(text_encoder, tok, captions: list[str], device, batch: int = 512) -> torch.Tensor:
-    """CLIP hidden states the UNet is conditioned on: (N, MAX_TOKENS, width), as the SD pipeline computes them."""
+    """CLIP hidden states the UNet is conditioned on: (N, T, width), as the SD pipeline computes them
+    (T = MAX_TOKENS for the pocket model, 77 for SD). Float32 whatever the encoder's dtype."""
     out = []
     for i in range(0, len(captions), batch):
         ids = tok(captions[i : i + batch], padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids.to(device)
-        out.append(text_encoder(ids)[0])
+        out.append(text_encoder(ids)[0].float())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Scaled VAE latents (N, 4, 8, 8) of images (N, 3, 32, 32) in [-1, 1] (posterior mean)."""
+    """Scaled VAE latents (N, 4, H/f, W/f) of images (N, 3, H, W) in [-1, 1] (posterior mean), float32.
+
+    (N, 4, 8, 8) from (N, 3, 32, 32) in the pocket world. images may stay on the CPU: each batch is moved to
+    the VAE's device and dtype (use a small batch, e.g. 8, at 512x512)."""
     sf = vae.config.scaling_factor
-    return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mean * sf for i in range(0, len(images), batch)])
+    return torch.cat([vae.encode(images[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean.float() * sf
+                      for i in range(0, len(images), batch)])
 
 
 def train_clip(clip, tok, scenes: data.Scenes, cfg: PretrainConfig, device) -> None:
@@ -405,6 +418,34 @@ def _text_tower(clip):
     target = getattr(te, "text_model", te)
     target.load_state_dict(clip.text_model.state_dict())
     return te.to(clip.device).eval().requires_grad_(False)
+
+
+def random_sd15(folder, seed: int = 0):
+    """Save a pipeline shaped like Stable Diffusion v1.5 (same UNet, VAE and text-encoder sizes) with random
+    weights: for measuring time and memory of the real-size path without downloading anything.
+
+    The tokenizer is the pocket one (694 tokens, 77 positions); the text encoder keeps CLIP ViT-L/14's 49408-row
+    embedding. It generates noise: use it for timings, never for results. About 4.3 GB on disk.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = write_tokenizer(Path(folder).with_name(Path(folder).name + ".tokenizer_src"), data.vocabulary())
+    tok.model_max_length = 77
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                                num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                                hidden_act="quick_gelu", projection_dim=768, **ids))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, sample_size=512, scaling_factor=0.18215)
+    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                                block_out_channels=(320, 640, 1280, 1280),
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
+                                attention_head_dim=8)
+    save_pipeline(assemble(vae, text_encoder, tok, unet), folder)
 
 
 def ensure_base(out: str = "runs/base", device=None, seed: int = 0):
