@@ -23,17 +23,18 @@ def state(module):
 
 def test_safetext_changes_only_the_text_encoder_and_moves_unsafe_prompts(world):
     base = toy_sd.load_pipeline("runs/base")
-    out = baselines.build(baselines.BaselineConfig(baseline="safetext", steps=20, lr=1e-2))
+    out = baselines.build(baselines.BaselineConfig(baseline="safetext", steps=30, lr=1e-3))
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)  # a plain diffusers folder
     for part in ("unet", "vae"):
         assert all(torch.equal(v, getattr(pipe, part).state_dict()[k]) for k, v in state(getattr(base, part)).items())
-    enc = lambda p, text: toy_sd.encode_text(p.text_encoder, p.tokenizer, [text], CPU)  # noqa: E731
-    with torch.no_grad():
-        moved_unsafe = (enc(pipe, "a red skull") - enc(base, "a red skull")).norm()
-        moved_safe = (enc(pipe, "a red circle") - enc(base, "a red circle")).norm()
-    assert moved_unsafe > 2 * moved_safe  # unsafe embeddings pushed away, safe ones kept close
+    def moved(text):  # cosine distance between the new and the original token features, mean over tokens
+        with torch.no_grad():
+            new, old = (toy_sd.encode_text(p.text_encoder, p.tokenizer, [text], CPU) for p in (pipe, base))
+        return (1 - torch.nn.functional.cosine_similarity(new, old, dim=-1)).mean().item()
+
+    assert moved("a red skull") > 2 * moved("a red circle")  # unsafe pushed away, safe kept close (0.15, 0.04)
     assert json.loads((Path(out) / "baseline.json").read_text())["config"]["baseline"] == "safetext"
 
 
