@@ -78,6 +78,15 @@ def recorded_config(folder: Path) -> dict | None:
     return None
 
 
+def up_to_date(have: dict | None, cfg) -> bool:
+    """Was a folder with recorded config `have` trained as `cfg` would train it? Options that do not change the
+    weights are ignored; an option newer than the record counts as its default (which was in force then)."""
+    if have is None:
+        return False
+    default = dataclasses.asdict(type(cfg)())
+    return all(have.get(k, default[k]) == v for k, v in dataclasses.asdict(cfg).items() if k not in IGNORED)
+
+
 def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
     """The folder of defence `name`, trained first when missing, stale or rebuild is set; and what happened."""
     import baselines
@@ -91,9 +100,8 @@ def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
         ensure_base(folder)
         return folder, {"built": False}
     cfg = dataclasses.replace(cfg, device=device)
-    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in IGNORED}
     have = recorded_config(Path(folder))
-    if not rebuild and have is not None and all(have.get(k) == v for k, v in want.items()):
+    if not rebuild and up_to_date(have, cfg):
         return folder, {"built": False}
     why = "--rebuild" if rebuild else "missing" if have is None else "its recorded config differs"
     print(f"training defence {name} into {folder} ({why})")

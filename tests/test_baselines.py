@@ -96,6 +96,17 @@ def test_compare_writes_one_table_for_every_defence_and_reuses_what_is_up_to_dat
     assert not any(d["built"] for d in report["defences"].values())
 
 
+def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs():
+    from nft_train import NFTConfig
+
+    cfg = NFTConfig(name="nft_only", moderator="off", evaluate=False)
+    record = {k: v for k, v in vars(cfg).items() if k != "grad_accum"}  # written before grad_accum existed
+    assert compare.up_to_date(record, cfg)
+    assert compare.up_to_date(record | {"device": "cuda", "attack_steps": 5}, cfg)  # options that change no weight
+    assert not compare.up_to_date(record | {"steps": 301}, cfg)
+    assert not compare.up_to_date(None, cfg)
+
+
 def test_compare_refuses_an_unknown_defence():
     with pytest.raises(ConfigError, match="unknown 'esd'"):
         parse(compare.CompareConfig, ["--defences=none,esd"])
