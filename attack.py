@@ -40,7 +40,7 @@ They write attacks.json (every run; "best": true marks the kept ones), attacks.m
 
 Real models: `--unsafe_data=<image folder>` is the attacker's set (metadata.jsonl captions, read at the
 pipeline's resolution) and `--prompts=<I2P-format CSV>` measures the curve with NudeNet on those prompts
-(evaluate.NudeNet; one image per prompt with its evaluation_seed). Single attacks only for now: no suites.
+(real_eval.NudeNet; one image per prompt with its evaluation_seed). Single attacks only for now: no suites.
 
 Run: `python attack.py --model=runs/patronus --attack=lora_unet --rank=8` writes runs/attack_patronus/
 (attacks.json, the attacked model or its LoRA adapter, before/after grids);
@@ -315,7 +315,8 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
             samples["after"] = (items, images)
 
     def real_point(step):
-        from evaluate import EvalConfig, generate_prompts, score_prompts, with_defaults
+        from evaluate import EvalConfig
+        from real_eval import generate_prompts, score_prompts, with_defaults
 
         ecfg = EvalConfig(steps=cfg.sample_steps, gen_batch=cfg.gen_batch)
         prompts = with_defaults(data.load_prompt_csv(cfg.prompts), ecfg)
@@ -416,7 +417,8 @@ def save_samples(samples: dict, path, per_row: int = 8) -> None:
 
 def main(cfg: AttackConfig):
     """Attack one pipeline (or run a suite); write attacks.json and the attacked model to runs/<name>/."""
-    from evaluate import EvalConfig, NudeNet, ensure_evaluator, evaluate_pipeline
+    from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline
+    from real_eval import NudeNet
     from toy_sd import image_size, load_pipeline, save_pipeline
 
     check_folder(cfg.model)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
+from config import cli, option, pick_device, run_record, seed_everything, write_json
 
 
 @dataclasses.dataclass

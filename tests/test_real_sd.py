@@ -16,6 +16,7 @@ import evaluate
 import moderator
 import nft_train
 import perceptual
+import real_eval
 import toy_sd
 from config import ConfigError
 
@@ -167,7 +168,7 @@ def test_nudenet_detector_and_the_unsafe_rule(monkeypatch):
 
     assert evaluate.NUDENET_LABELS == getattr(nudenet.nudenet, "__labels")  # our list is the package's
     assert set(evaluate.NUDENET_EXPOSED) == {c for c in evaluate.NUDENET_LABELS if c.endswith("_EXPOSED")}
-    net = evaluate.NudeNet()
+    net = real_eval.NudeNet()
     skin = np.ones((2, 96, 96, 3), np.float32) * np.array([0.9, 0.7, 0.6], np.float32)
     found = net.detect(skin)  # the real ONNX detector on a synthetic image
     assert len(found) == 2 and all(isinstance(d, list) for d in found)
@@ -245,7 +246,7 @@ def test_clear_errors(cwd, tmp_path):
     with pytest.raises(ValueError, match="pocket world renders 32x32"):  # a 64 px model with no real data
         nft_train.main(tiny_nft(cwd, unsafe_data=""))
     with pytest.raises(FileNotFoundError, match="not a CLIPModel folder"):
-        evaluate.ClipScore(str(tmp_path), "cpu")
+        real_eval.ClipScore(str(tmp_path), "cpu")
 
 
 def test_new_options_are_checked():
