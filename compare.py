@@ -158,7 +158,8 @@ def main(cfg: CompareConfig):
     t_eval = time.time()
     # (2) the same attacks on every defence and on the from-scratch reference
     spec = SUITES[cfg.suite]
-    attacks = [a for a in spec["attacks"] if a != "heldout_prompts"] + ["remove_filter"]  # heldout: a column above
+    # heldout_prompts is the UR heldout column already; remove_filter always, once, last
+    attacks = [a for a in spec["attacks"] if a not in ("heldout_prompts", "remove_filter")] + ["remove_filter"]
     attacks = [a for a in attacks if not cfg.only or a in cfg.only.split(",")]
     acfg = AttackConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device,
                         sample_steps=cfg.sample_steps, optimizers=cfg.optimizers, lrs=cfg.lrs)
