@@ -387,7 +387,8 @@ def format_row(name: str, rep: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # attack reports (attack.py's suites): resilience table and curves
-MODEL_COLOURS = {"defended": (200, 30, 30), "base": (30, 80, 210), "scratch": (120, 120, 120)}
+MODEL_COLOURS = {"defended": (200, 30, 30), "base": (30, 80, 210), "scratch": (120, 120, 120),
+                 "patronus": (200, 30, 30), "none": (30, 80, 210)}  # compare.py's names for the same two
 PALETTE = [(230, 120, 0), (0, 150, 70), (150, 50, 180), (0, 170, 190), (190, 160, 0), (120, 70, 30), (240, 80, 160)]
 
 
