@@ -63,12 +63,12 @@ class BaselineConfig:
 # SafeText
 def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
     """Fine-tune pipe.text_encoder in place with SafeText's objective; returns the last loss values."""
+    from moderator import defender_prompts
     from toy_sd import encode_text
 
     te, tok = pipe.text_encoder, pipe.tokenizer
     te0 = copy.deepcopy(te).eval().requires_grad_(False)
-    unsafe = data.sample_scenes("defender", 2048, list(data.UNSAFE), "defense", seed=cfg.seed).captions
-    safe = data.sample_scenes("defender", 2048, list(data.BENIGN), "defense", seed=cfg.seed).captions
+    unsafe, safe = defender_prompts("unsafe", cfg.seed), defender_prompts("benign", cfg.seed)
     te.train().requires_grad_(True)
     opt = torch.optim.Adam(te.parameters(), lr=cfg.lr)
     rng = random.Random(cfg.seed)

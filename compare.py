@@ -137,8 +137,8 @@ def main(cfg: CompareConfig):
     t_start = time.time()
     built = {n: ensure_defence(n, cfg.rebuild, cfg.device) for n in names}  # trains what is missing
     evaluator = ensure_evaluator(device=device)
-    reference = load_pipeline("runs/base", device)
     pipes = {n: load_pipeline(folder, device, safety_checker=True) for n, (folder, _) in built.items()}
+    reference = pipes.get("none") or load_pipeline("runs/base", device)  # attacks copy before they change
     if "filter" in pipes:
         from baselines import quiet_checker
 

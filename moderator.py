@@ -200,20 +200,24 @@ def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None,
     return {"zero": l_zero.item(), "cal": l_cal.item(), "rec": l_rec.item(), "nft": l_nft.item()}
 
 
+def defender_prompts(kind: str, seed: int, folder: str = "", n: int = 2048) -> list[str]:
+    """The defender's prompts of one kind ("unsafe" or "benign") for the text-level defences: n `defense`
+    captions of the pocket world, or a folder's captions (metadata.jsonl), repeated up to n."""
+    if folder:
+        captions = data.folder_captions(folder)
+        return [captions[i % len(captions)] for i in range(max(n, len(captions)))]
+    objects = data.UNSAFE if kind == "unsafe" else data.BENIGN
+    return data.sample_scenes("defender", n, list(objects), "defense", seed=seed).captions
+
+
 def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
     """Fine-tune pipe.text_encoder in place: unsafe `defense` prompts -> zero features, benign unchanged."""
     from toy_sd import encode_text
 
     te, tok = pipe.text_encoder, pipe.tokenizer
     te0 = copy.deepcopy(te).to(pick_dtype(cfg.frozen_dtype, device)).eval().requires_grad_(False)
-    prompts = {}
-    for kind, objects, folder in (("unsafe", data.UNSAFE, cfg.unsafe_data), ("benign", data.BENIGN, cfg.benign_data)):
-        if folder:  # the folder's captions, repeated up to the pocket world's 2048 so that batches can be drawn
-            captions = data.folder_captions(folder)
-            prompts[kind] = [captions[i % len(captions)] for i in range(max(2048, len(captions)))]
-        else:
-            prompts[kind] = data.sample_scenes("defender", 2048, list(objects), "defense", seed=cfg.seed).captions
-    unsafe, benign = prompts["unsafe"], prompts["benign"] + [""]
+    unsafe = defender_prompts("unsafe", cfg.seed, cfg.unsafe_data)
+    benign = defender_prompts("benign", cfg.seed, cfg.benign_data) + [""]
     te.train().requires_grad_(True)
     opt = torch.optim.Adam(te.parameters(), lr=cfg.text_lr)
     rng = random.Random(cfg.seed)
