@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
 import json
 import time
@@ -529,18 +530,34 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
     return entries
 
 
+def fingerprint(pipe) -> str:
+    """A short hash of every weight of a pipeline (UNet, VAE, text encoder, safety checker): two pipelines with
+    the same fingerprint are the same model, whatever their folders are called."""
+    h = hashlib.sha256()
+    for part in ("unet", "vae", "text_encoder", "safety_checker"):
+        module = getattr(pipe, part, None)
+        for name, tensor in (module.state_dict().items() if module is not None else []):
+            h.update(f"{part}.{name}".encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, reference, evaluator, device, out: Path,
-                grid_of: str = "") -> list[dict]:
+                grid_of: str = "", cache: Path | None = None) -> list[dict]:
     """Every (attack, task) of jobs against every model, each (optimizer, lr) of the suite's grid and seed.
 
     models: {label: pipeline}; the label "scratch" (value None) is the from-scratch reference, built per seed
     and only for training attacks on unsafe data. Marks the strongest (optimizer, lr) of each attack, task,
     model and seed "best": true; saves attacks.json after every run (a stopped run keeps what it measured),
     and grids/<attack>.png of the best runs on model `grid_of`. Returns the entries.
+    cache: a JSON file of every run measured so far, by `key` (the weights' fingerprints, attack, optimizer, lr,
+    seed and measuring settings); a run found there is taken as it is instead of run again, a new one is added.
     """
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
     base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],
                 eval_repeats=spec["eval_repeats"])
+    prints = {m: fingerprint(p) for m, p in models.items() if p is not None} | {"reference": fingerprint(reference)}
+    done = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     entries, grids = [], []
     for attack, task in jobs:
         _, train = parse_attack(attack)
@@ -548,23 +565,33 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
         grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
         for label, seed, (opt, lr) in itertools.product(labels, seeds, grid):
             acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, suite="off", **base)
+            key = json.dumps([prints.get(label, "scratch"), prints["reference"], attack, task, opt, lr, seed,
+                              acfg.batch, acfg.rank, acfg.sample_steps, *base.values()])
+            if key in done:
+                entries.append({k: v for k, v in done[key].items() if k != "best"} | {"model": label, "reused": True})
+                grids.append({})
+                print(f"{attack} ({task}) on {label}, {opt} lr={lr:g} seed {seed}: reused from {cache}")
+                continue
             pipe = models[label] or scratch_pipeline(reference, TRAINED[train], seed)
             samples = {}
             t0 = time.time()
             res = run_attack(pipe, evaluator, acfg, device, reference, task, samples)
             attacked = res.pop("attacked_pipe")
             res |= {"model": label, "task": task, "seconds": round(time.time() - t0, 1),
-                    "benign_accuracy_after": benign_accuracy(attacked, evaluator, acfg)}
+                    "benign_accuracy_after": benign_accuracy(attacked, evaluator, acfg), "key": key}
             entries.append(res)
             grids.append(samples)
             write_json(out / "attacks.json", entries)
+            if cache is not None:
+                done[key] = res
+                write_json(cache, done)
             print(f"{attack} ({task}) on {label}, {opt} lr={lr:g} seed {seed}: {res['curve_faithful']} faithful, "
                   f"{res['curve']} plain")
     for _, runs in itertools.groupby(sorted(entries, key=_group), key=_group):
         max(runs, key=strength)["best"] = True
     for e, samples in zip(entries, grids):
         e.setdefault("best", False)
-        if e["best"] and e["model"] == grid_of and e["seed"] == seeds[0]:
+        if e["best"] and e["model"] == grid_of and e["seed"] == seeds[0] and samples:  # reused: no new images
             save_samples(samples, out / "grids" / f"{e['attack']}{'_novel' if e['task'] == 'novel' else ''}.png")
     write_json(out / "attacks.json", entries)
     return entries

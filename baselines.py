@@ -11,6 +11,17 @@ published; we use cosine distance for L_e because it is bounded (at most 2), so 
 The difference from Patronus' text moderator (moderator.py): SafeText sends unsafe embeddings *somewhere
 else*, the moderator sends them to zero; and neither touches the UNet, which still knows the unsafe concepts.
 
+ESD (Gandikota, Materzynska, Fiotto-Kaufman, Bau 2023, "Erasing Concepts from Diffusion Models"). The UNet
+is fine-tuned so that its prediction for an unsafe prompt c equals the frozen model's prediction guided
+*away* from c (negative classifier-free guidance, losses.esd_loss):
+
+    min_theta  || f_theta(x_t, t, c) - [f0(x_t, t, "") - eta (f0(x_t, t, c) - f0(x_t, t, ""))] ||^2
+ESD-u: every UNet weight except the cross-attention (attn2) ones, the paper's choice for nudity. The paper
+draws x_t by partly sampling the model with c; we noise the defender's unsafe images' latents at a random t
+(the same distribution the base model learned for c, and no sampling per step). Unlike `erase` (nft_train.py
+--unet=erase: unsafe prompts denoise to black, benign retention) ESD has no target image and no benign term:
+the concept is steered away, not refused, and nothing holds benign prompts in place.
+
 External filter. The kind of post-hoc image checker Stable Diffusion ships: diffusers'
 StableDiffusionSafetyChecker compares the CLIP image embedding of every generated image with a set of concept
 embeddings and blacks out the image when the cosine similarity to any concept exceeds that concept's
@@ -19,7 +30,8 @@ one linear probe per unsafe category, fitted on the defender's images (see fit_f
 so `toy_sd.load_pipeline(folder, safety_checker=True)` runs it. A white-box adversary deletes it with one line
 (attack.py --attack=remove_filter).
 
-Run: `python baselines.py --baseline=safetext` (writes runs/safetext/) or `--baseline=filter` (runs/filter/).
+Run: `python baselines.py --baseline=safetext` (writes runs/safetext/), `--baseline=esd` (runs/esd/) or
+`--baseline=filter` (runs/filter/).
 """
 from __future__ import annotations
 
@@ -36,9 +48,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import losses
 from config import cli, option, pick_device, run_record, seed_everything
 
-BASELINES = ("safetext", "filter")
+BASELINES = ("safetext", "esd", "filter")
 
 
 @dataclasses.dataclass
@@ -53,8 +66,12 @@ class BaselineConfig:
     batch: int = option(16, "SafeText: prompts per kind per step")
     lr: float = option(1e-3, "SafeText: Adam learning rate")
     lam: float = option(1.0, "SafeText: weight of the effectiveness term L_e")
+    # ESD
+    esd_steps: int = option(300, "ESD: steps (batch: --batch)")
+    esd_lr: float = option(1e-4, "ESD: Adam learning rate")
+    eta: float = option(1.0, "ESD: negative guidance scale")
     # external filter
-    n_images: int = option(1024, "filter: defender's rendered images per kind (unsafe / benign)")
+    n_images: int = option(1024, "filter and ESD: defender's rendered images per kind (ESD: unsafe only)")
     n_generated: int = option(256, "filter: base-model generations per kind (from `defense` prompts)")
     max_false_refusals: float = option(0.02, "filter: thresholds refuse at most this share of the defender's benign images")
 
@@ -85,6 +102,37 @@ def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
         bar.set_postfix(utility=f"{l_u.item():.4f}", effectiveness=f"{l_e.item():.3f}")
     te.eval().requires_grad_(False)
     return {"utility": l_u.item(), "effectiveness": l_e.item()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ESD
+def train_esd(pipe, cfg: BaselineConfig, device) -> dict:
+    """Erase the unsafe concepts from pipe.unet in place with ESD-u's objective; returns the last loss."""
+    from nft_train import defender_data
+    from toy_sd import build_scheduler, encode_text
+
+    z_u, c_u = defender_data(pipe, "unsafe", cfg.n_images, cfg.seed, device)  # (N, 4, 8, 8), (N, T, D)
+    with torch.no_grad():
+        c_empty = encode_text(pipe.text_encoder, pipe.tokenizer, [""], device).expand(cfg.batch, -1, -1)
+    unet0 = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
+    unet = pipe.unet.train()
+    trained = [p for n, p in unet.named_parameters() if "attn2" not in n]  # ESD-u: not the cross-attention
+    unet.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(trained, lr=cfg.esd_lr)
+    sched = build_scheduler("ddpm")
+    g = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.esd_steps), desc="ESD")
+    for _ in bar:
+        i = torch.randint(len(z_u), (cfg.batch,), generator=g)
+        loss = losses.esd_loss(unet, unet0, sched, z_u[i], c_u[i], c_empty, cfg.eta, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(esd=f"{loss.item():.4f}")
+    unet.eval().requires_grad_(False)
+    return {"esd": loss.item(), "trained_parameters": sum(p.numel() for p in trained)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,6 +265,8 @@ def build(cfg: BaselineConfig) -> Path:
     t0 = time.time()
     if cfg.baseline == "safetext":
         stats = train_safetext(pipe, cfg, device)
+    elif cfg.baseline == "esd":
+        stats = train_esd(pipe, cfg, device)
     else:
         stats = add_filter(pipe, cfg, load_clip().to(device))
     stats["seconds"] = round(time.time() - t0, 1)
@@ -227,7 +277,7 @@ def build(cfg: BaselineConfig) -> Path:
 
 
 def main(cfg: BaselineConfig):
-    """Train one baseline defence (SafeText or an external filter) and save it as a diffusers folder."""
+    """Train one baseline defence (SafeText, ESD or an external filter) and save it as a diffusers folder."""
     build(cfg)
 
 

@@ -5,6 +5,7 @@ differs from the one below, loaded otherwise:
   none       the undefended base model
   filter     an external image filter (baselines.py: SD's safety checker, fitted on the defender's data)
   safetext   SafeText: the text encoder moves unsafe prompts' embeddings away (baselines.py)
+  esd        ESD-u: the UNet learns negative guidance away from the unsafe prompts (baselines.py)
   erase      the UNet erased (suppression + retention), no simulated fine-tuning, no moderator
   moderator  Patronus' decoder moderator alone, UNet untouched (moderator.py)
   nft        Patronus' NFT UNet alone, no moderator
@@ -18,6 +19,9 @@ attacker gets; a careful one removes it first.
 
 Run: `python compare.py` (all defences, quick suite) writes runs/compare/: compare.json, compare.md (the
 tables in the README), curves.png (faithful UR against attack steps, one line per defence), attacks.json.
+Every attack run is also kept in attack_cache.json, by the attacked weights' fingerprint and the settings; a
+later run takes what it finds there: add a defence to DEFENCES, rerun, and only its row is attacked
+(`--reuse=false` empties the cache and measures everything again).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ DEFENCES = {
     "none": ("runs/base", None),
     "filter": ("runs/filter", BaselineConfig(baseline="filter")),
     "safetext": ("runs/safetext", BaselineConfig(baseline="safetext")),
+    "esd": ("runs/esd", BaselineConfig(baseline="esd")),
     "erase": ("runs/erase_only", NFTConfig(name="erase_only", unet="erase", moderator="off", evaluate=False)),
     "moderator": ("runs/mod_decoder", ModeratorConfig(name="mod_decoder")),
     "nft": ("runs/nft_only", NFTConfig(name="nft_only", moderator="off", evaluate=False)),
@@ -57,6 +62,9 @@ class CompareConfig:
     optimizers: str = option("", "keep only these optimizers of the suite's grid, comma-separated (default: all)")
     lrs: str = option("", "keep only these learning rates of the suite's grid, comma-separated (default: all)")
     rebuild: bool = option(False, "retrain every defence even when its folder is up to date")
+    reuse: bool = option(True, "take attack runs from runs/<name>/attack_cache.json that were measured on the "
+                         "same weights with the same settings instead of running them again (false empties the "
+                         "cache: after changing attack or evaluation code)")
     unsafe_repeats: int = option(4, "images per unsafe evaluation prompt (50 prompts)")
     benign_repeats: int = option(2, "images per benign evaluation prompt (125 prompts)")
     sample_steps: int = option(20, "DDIM steps when sampling for evaluation")
@@ -163,8 +171,12 @@ def main(cfg: CompareConfig):
     attacks = [a for a in attacks if not cfg.only or a in cfg.only.split(",")]
     acfg = AttackConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device,
                         sample_steps=cfg.sample_steps, optimizers=cfg.optimizers, lrs=cfg.lrs)
+    cache = out / "attack_cache.json"  # every attack run measured in runs/<name>/, by weights and settings
+    if not cfg.reuse:
+        cache.unlink(missing_ok=True)
     entries = attack_grid({**pipes, "scratch": None}, [(a, "unsafe") for a in attacks], spec, acfg, reference,
-                          evaluator, device, out, grid_of="patronus")
+                          evaluator, device, out, grid_of="patronus", cache=cache)
+    reused = sum(e.get("reused", False) for e in entries)
     best = [e for e in entries if e["best"]]
     seconds = {"training": round(t_built - t_start, 1), "evaluation": round(t_eval - t_built, 1),
                "attacks": round(time.time() - t_eval, 1)}
@@ -176,13 +188,15 @@ def main(cfg: CompareConfig):
     write_json(out / "compare.json", {"defences": {n: {"folder": built[n][0], **built[n][1], "report": rows[n]}
                                                    for n in names},
                                       "attacks": attacks, "suite": cfg.suite, "seconds": seconds,
+                                      "attack_runs": len(entries),
+                                      "reused_runs": reused,
                                       "run": run_record(cfg)})
     (out / "compare.md").write_text(md)
     plot_curves(best, out / "curves.png", key="curve_faithful", name="faithful UR",
                 title=f"every defence, {cfg.suite} suite, best lr per attack, seed {cfg.seed}")
     print(md)
-    print(f"compare: {len(entries)} attack runs; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
-          + f"; wrote {out}/compare.json, compare.md, curves.png, attacks.json, grids/")
+    print(f"compare: {len(entries)} attack runs ({reused} reused from {cache}); "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f"; wrote {out}/compare.json, compare.md, curves.png, attacks.json, grids/")
     return rows, entries
 
 

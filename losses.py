@@ -6,6 +6,8 @@ Images are (B, 3, H, W); "decoded" images are in [0, 1] (what the pipeline shows
     diffusion_loss          L_ND   = E_{t,eps} || target - f_theta(x_t, t, c) ||^2       (SD's own objective)
     black_loss              L_blk  = L_ND with x0 = z_black, the latent of the all-black image
     distillation_loss       L_dst  = E || f_theta(x_t, t, c) - f_theta0(x_t, t, c) ||^2 (benign prompts)
+    esd_loss                L_esd  = E || f_theta(x_t, t, c) - [f0(x_t, t) - eta (f0(x_t, t, c) - f0(x_t, t))] ||^2
+                                     (ESD's negative guidance, unsafe prompts; baselines.py)
     zero_loss               L_zero = || P(D(z_u)) - P(0) ||^2 + lambda_pix || D(z_u) ||^2
     calibration_loss        L_cal  = || D(z_b) - D0(z_b) ||^2
     reconstruction_loss     L_rec  = || D(E(x)) - x ||^2                                  (benign images)
@@ -71,6 +73,23 @@ def distillation_loss(unet, unet0, scheduler, x0, cond, generator=None):
     with torch.no_grad():
         ref = unet0(x_t.to(dtype), t, encoder_hidden_states=None if cond is None else cond.to(dtype)).sample.float()
     return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, ref)
+
+
+def esd_loss(unet, unet0, scheduler, x0, cond, cond_empty, eta: float = 1.0, generator=None):
+    """L_esd (ESD, Gandikota et al. 2023): the UNet's prediction for the concept's prompt c is pulled to the
+    frozen model's prediction *guided away* from c: f0(x_t, "") - eta * (f0(x_t, c) - f0(x_t, "")).
+
+    Classifier-free guidance with scale -eta, baked into the weights: sampling with c now steers away from the
+    concept. x0: latents of the concept's images (B, 4, h, w), noised at a random t as the training input;
+    cond, cond_empty: (B, T, D) features of the concept's prompts and of "".
+    """
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    with torch.no_grad():
+        f_c = unet0(x_t, t, encoder_hidden_states=cond).sample
+        f_empty = unet0(x_t, t, encoder_hidden_states=cond_empty).sample
+    return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, f_empty - eta * (f_c - f_empty))
 
 
 def perceptual_features(vision_model, images, layer: int = 1):

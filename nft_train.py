@@ -63,6 +63,8 @@ class NFTConfig:
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
+    nft_trajectory: bool = option(False, "step 3's black loss after every inner step (averaged; as in the authors' "
+                                  "code and TAR) instead of only after the last")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
@@ -133,25 +135,33 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
             p.grad = None
         adapted = unet
     inner = attacker_optimizer(name, adapted.parameters(), lr)
-    for _ in range(cfg.inner_steps):
+    # the defender wants the *adapted* model to still refuse: the black loss at the adapted weights (after the
+    # last inner step, or after each one with --nft_trajectory), its gradient (first-order MAML) set aside in
+    # `gained` and added to the defender's own gradient at the end (zero_grad sets .grad to None, so holding the
+    # tensor costs no copy)
+    gained = [None for _ in adapted.parameters()]
+    checks = range(1, cfg.inner_steps + 1) if cfg.nft_trajectory else [cfg.inner_steps]
+    for k in range(1, cfg.inner_steps + 1):
         i = draw(len(z_u))
         inner.zero_grad()
         losses.diffusion_loss(adapted, sched, z_u[i], c_u[i], generator=g).backward()
         inner.step()
-    # the defender wants the *adapted* model to still refuse: black loss at the adapted weights,
-    # its gradient (first-order MAML) added to the defender's own gradient
-    inner.zero_grad()
-    for _ in range(cfg.grad_accum):
-        l_nft = losses.black_loss(adapted, sched, z_black, c_u[draw(len(z_u))], generator=g)
-        (cfg.w_nft * l_nft / cfg.grad_accum).backward()
+        if k not in checks:
+            continue
+        inner.zero_grad()
+        for _ in range(cfg.grad_accum):
+            l_nft = losses.black_loss(adapted, sched, z_black, c_u[draw(len(z_u))], generator=g)
+            (cfg.w_nft * l_nft / (cfg.grad_accum * len(checks))).backward()
+        with torch.no_grad():
+            gained = [q.grad if acc is None else acc.add_(q.grad) for acc, q in zip(gained, adapted.parameters())]
     if cfg.simulated_copy == "deepcopy":
-        for p, q in zip(unet.parameters(), adapted.parameters()):
-            p.grad += q.grad
+        for p, acc in zip(unet.parameters(), gained):
+            p.grad += acc
     else:
         with torch.no_grad():
-            for p, (weight, grad) in zip(unet.parameters(), saved):
+            for p, acc, (weight, grad) in zip(unet.parameters(), gained, saved):
                 p.copy_(weight)  # back to the defender's weights, which the outer update applies to
-                p.grad += grad.to(p.device)
+                p.grad = grad.to(p.device) + acc
     return l_nft
 
 

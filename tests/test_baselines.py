@@ -38,6 +38,23 @@ def test_safetext_changes_only_the_text_encoder_and_moves_unsafe_prompts(world):
     assert json.loads((Path(out) / "baseline.json").read_text())["config"]["baseline"] == "safetext"
 
 
+def test_esd_trains_only_the_unets_non_cross_attention_weights(world):
+    base = toy_sd.load_pipeline("runs/base")
+    cfg = baselines.BaselineConfig(baseline="esd", esd_steps=20, esd_lr=1e-3, n_images=64, batch=8)
+    out = baselines.build(cfg)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)  # a plain diffusers folder
+    for part in ("vae", "text_encoder"):
+        assert all(torch.equal(v, getattr(pipe, part).state_dict()[k]) for k, v in state(getattr(base, part)).items())
+    before, after = state(base.unet), pipe.unet.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items() if "attn2" in k)  # ESD-u leaves them
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if "attn2" not in k)
+
+    record = json.loads((Path(out) / "baseline.json").read_text())
+    assert record["config"]["baseline"] == "esd" and np.isfinite(record["train"]["esd"])
+
+
 def test_filter_refuses_at_most_the_benign_share_it_was_fitted_for(world):
     from toy_sd import load_clip
 
@@ -92,9 +109,16 @@ def test_compare_writes_one_table_for_every_defence_and_reuses_what_is_up_to_dat
     models = {(e["model"], e["attack"]) for e in entries}
     assert ("scratch", "finetune_unet") in models and ("scratch", "swap_text_encoder") not in models
     assert rows["none"]["fidelity"]["mse_to_base"] == 0.0  # the base against itself
-    compare.main(cfg)  # again: every defence is up to date, nothing is retrained
+    _, again = compare.main(cfg)  # again: every defence is up to date, nothing is retrained or re-attacked
     report = json.loads((out / "compare.json").read_text())
     assert not any(d["built"] for d in report["defences"].values())
+    assert all(e["reused"] for e in again) and report["reused_runs"] == len(entries)
+    assert [e["curve_faithful"] for e in again] == [e["curve_faithful"] for e in entries]
+    # a changed defence is retrained and attacked afresh; the others' runs are reused
+    monkeypatch.setitem(compare.DEFENCES, "safetext", ("runs/safetext", baselines.BaselineConfig(steps=6)))
+    _, third = compare.main(cfg)
+    assert {e["model"] for e in third if not e.get("reused")} == {"safetext"}
+    assert json.loads((out / "compare.json").read_text())["defences"]["safetext"]["built"]
 
 
 def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs():
@@ -109,5 +133,5 @@ def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs
 
 
 def test_compare_refuses_an_unknown_defence():
-    with pytest.raises(ConfigError, match="unknown 'esd'"):
-        parse(compare.CompareConfig, ["--defences=none,esd"])
+    with pytest.raises(ConfigError, match="unknown 'esdx'"):
+        parse(compare.CompareConfig, ["--defences=none,esdx"])

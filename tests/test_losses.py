@@ -73,6 +73,23 @@ def test_distillation_loss():
     assert loss.item() == pytest.approx(4.0)  # (3 - 1)^2
 
 
+class CondUNet:
+    """A stand-in UNet that predicts the (scalar) condition it is given: 2.0 for the concept, 0.5 for ""."""
+
+    def __call__(self, x_t, t, encoder_hidden_states=None):
+        return SimpleNamespace(sample=encoder_hidden_states.mean().expand_as(x_t))
+
+
+def test_esd_loss_is_negative_guidance_by_hand():
+    sched = build_scheduler("ddpm")
+    x0, c, empty = torch.zeros(2, 4, 2, 2), torch.full((2, 3, 4), 2.0), torch.full((2, 3, 4), 0.5)
+    # target = f0(x, "") - eta (f0(x, c) - f0(x, "")) = 0.5 - 1.5 * (2 - 0.5) = -1.75; the student predicts 2.0
+    loss = losses.esd_loss(CondUNet(), CondUNet(), sched, x0, c, empty, eta=1.5)
+    assert loss.item() == pytest.approx((2.0 + 1.75) ** 2)
+    student = ConstUNet(torch.full((1,), -1.75))  # already erased: nothing to learn
+    assert losses.esd_loss(student, CondUNet(), sched, x0, c, empty, eta=1.5).item() == pytest.approx(0.0)
+
+
 def test_zero_loss_pixel_and_perceptual_terms():
     decoded = torch.full((2, 3, 2, 2), 0.5)
     assert losses.zero_loss(decoded, None, pixel_weight=2.0).item() == pytest.approx(2 * 0.25)
