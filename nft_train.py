@@ -63,8 +63,8 @@ class NFTConfig:
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
-    nft_trajectory: bool = option(False, "step 3's black loss after every inner step (averaged; as in the authors' "
-                                  "code and TAR) instead of only after the last")
+    nft_every: int = option(0, "step 3's black loss after every this many inner steps and the last, averaged (the "
+                            "authors' code and TAR look along the trajectory); 0: after the last step only")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
@@ -93,6 +93,8 @@ class NFTConfig:
     def __post_init__(self):
         if isinstance(self.grad_accum, int) and self.grad_accum < 1:
             raise ConfigError(f"--grad_accum must be at least 1, got {self.grad_accum}")
+        if isinstance(self.nft_every, int) and self.nft_every < 0:
+            raise ConfigError(f"--nft_every must be 0 (after the last inner step) or positive, got {self.nft_every}")
 
 
 def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = ""):
@@ -136,11 +138,11 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
         adapted = unet
     inner = attacker_optimizer(name, adapted.parameters(), lr)
     # the defender wants the *adapted* model to still refuse: the black loss at the adapted weights (after the
-    # last inner step, or after each one with --nft_trajectory), its gradient (first-order MAML) set aside in
+    # last inner step, or along the way with --nft_every), its gradient (first-order MAML) set aside in
     # `gained` and added to the defender's own gradient at the end (zero_grad sets .grad to None, so holding the
     # tensor costs no copy)
     gained = [None for _ in adapted.parameters()]
-    checks = range(1, cfg.inner_steps + 1) if cfg.nft_trajectory else [cfg.inner_steps]
+    checks = {k for k in range(1, cfg.inner_steps + 1) if k == cfg.inner_steps or (cfg.nft_every and k % cfg.nft_every == 0)}
     for k in range(1, cfg.inner_steps + 1):
         i = draw(len(z_u))
         inner.zero_grad()

@@ -119,20 +119,20 @@ def test_nft_train_runs_on_a_real_folder_with_image_data(cwd, capsys):
 def test_inplace_simulated_fine_tuning_matches_the_deepcopy(cwd):
     """One outer step, two ways: adapting a copy, or adapting the UNet itself and restoring it."""
     weights = {}
-    for trajectory in (False, True):  # the black loss after the last inner step, or after each
+    for every in (0, 1):  # the black loss after the last inner step, or after each
         for how in ("deepcopy", "inplace"):
-            name = f"{how}_{trajectory}"
-            nft_train.main(tiny_nft(cwd, simulated_copy=how, name=name, inner_steps=2, nft_trajectory=trajectory))
+            name = f"{how}_{every}"
+            nft_train.main(tiny_nft(cwd, simulated_copy=how, name=name, inner_steps=2, nft_every=every))
             weights[name] = toy_sd.load_pipeline(f"runs/{name}").unet.state_dict()
-        for k, v in weights[f"deepcopy_{trajectory}"].items():  # the same computation in the same order:
-            assert torch.equal(weights[f"inplace_{trajectory}"][k], v), k  # bit-identical on the CPU
-    assert any(not torch.equal(v, weights["deepcopy_True"][k]) for k, v in weights["deepcopy_False"].items())
+        for k, v in weights[f"deepcopy_{every}"].items():  # the same computation in the same order:
+            assert torch.equal(weights[f"inplace_{every}"][k], v), k  # bit-identical on the CPU
+    assert any(not torch.equal(v, weights["deepcopy_1"][k]) for k, v in weights["deepcopy_0"].items())
     # checkpointing, accumulation and a low-precision frozen base run (bfloat16 stands in for cuda's float16)
     nft_train.main(tiny_nft(cwd, simulated_copy="inplace", gradient_checkpointing=True, grad_accum=2,
                             frozen_dtype="bfloat16", name="lean"))
     lean = toy_sd.load_pipeline("runs/lean").unet.state_dict()
     assert all(v.dtype == torch.float32 for v in lean.values())  # the trained UNet stays float32
-    assert any(not torch.equal(lean[k], weights["deepcopy_False"][k]) for k in lean)
+    assert any(not torch.equal(lean[k], weights["deepcopy_0"][k]) for k in lean)
 
 
 def test_attack_on_a_real_folder_measured_with_nudenet(cwd):

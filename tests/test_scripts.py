@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import attack
+import baselines
+import compare
 import evaluate
 import moderator
 import nft_train
@@ -143,7 +145,8 @@ def test_readme_commands_parse():
     """Every `python X.py --k=v` command in the README parses with that script's config."""
     scripts = {"nft_train.py": nft_train.NFTConfig, "evaluate.py": evaluate.EvalConfig,
                "attack.py": attack.AttackConfig, "moderator.py": moderator.ModeratorConfig,
-               "toy_sd.py": toy_sd.PretrainConfig}
+               "toy_sd.py": toy_sd.PretrainConfig, "compare.py": compare.CompareConfig,
+               "baselines.py": baselines.BaselineConfig}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     seen = 0
     for line in readme.splitlines():
@@ -156,3 +159,5 @@ def test_readme_commands_parse():
     assert seen >= 3
     with pytest.raises(ConfigError):
         parse(nft_train.NFTConfig, ["--unet=sometimes"])
+    with pytest.raises(ConfigError, match="nft_every"):
+        parse(nft_train.NFTConfig, ["--nft_every=-1"])
