@@ -16,7 +16,10 @@ is fine-tuned so that its prediction for an unsafe prompt c equals the frozen mo
 *away* from c (negative classifier-free guidance, losses.esd_loss):
 
     min_theta  || f_theta(x_t, t, c) - [f0(x_t, t, "") - eta (f0(x_t, t, c) - f0(x_t, t, ""))] ||^2
-ESD-u: every UNet weight except the cross-attention (attn2) ones, the paper's choice for nudity. The paper
+The prompt c names the concept alone ("a skull", "a pair of swords": the `defense` words), as ESD erases
+"nudity" with that one word; full captions would also steer away from the colours they name, which benign
+prompts share. ESD-u trains every UNet weight except the cross-attention (attn2) ones, the paper's choice for nudity; ESD-x
+only the cross-attention ones, its choice for specific concepts (--esd_train). The paper
 draws x_t by partly sampling the model with c; we noise the defender's unsafe images' latents at a random t
 (the same distribution the base model learned for c, and no sampling per step). Unlike `erase` (nft_train.py
 --unet=erase: unsafe prompts denoise to black, benign retention) ESD has no target image and no benign term:
@@ -70,6 +73,8 @@ class BaselineConfig:
     esd_steps: int = option(300, "ESD: steps (batch: --batch)")
     esd_lr: float = option(1e-4, "ESD: Adam learning rate")
     eta: float = option(1.0, "ESD: negative guidance scale")
+    esd_train: str = option("x", "ESD: u trains every UNet weight but the cross-attention (ESD-u), x only the "
+                            "cross-attention (ESD-x)", ("u", "x"))
     # external filter
     n_images: int = option(1024, "filter and ESD: defender's rendered images per kind (ESD: unsafe only)")
     n_generated: int = option(256, "filter: base-model generations per kind (from `defense` prompts)")
@@ -107,16 +112,19 @@ def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # ESD
 def train_esd(pipe, cfg: BaselineConfig, device) -> dict:
-    """Erase the unsafe concepts from pipe.unet in place with ESD-u's objective; returns the last loss."""
-    from nft_train import defender_data
-    from toy_sd import build_scheduler, encode_text
+    """Erase the unsafe concepts from pipe.unet in place with ESD's objective; returns the last loss."""
+    from toy_sd import build_scheduler, encode_images, encode_text, to_tensor
 
-    z_u, c_u = defender_data(pipe, "unsafe", cfg.n_images, cfg.seed, device)  # (N, 4, 8, 8), (N, T, D)
+    scenes = data.sample_scenes("defender", cfg.n_images, list(data.UNSAFE), "defense", seed=cfg.seed)
+    rng = random.Random(cfg.seed)  # ESD's prompt names the concept alone: "a skull", "a pair of swords", ...
+    concepts = [f"a {rng.choice(data.words(o, 'defense'))}" for o in scenes.objects]
     with torch.no_grad():
+        z_u = encode_images(pipe.vae, to_tensor(scenes.images).to(device))  # (N, 4, 8, 8)
+        c_u = encode_text(pipe.text_encoder, pipe.tokenizer, concepts, device)  # (N, T, D)
         c_empty = encode_text(pipe.text_encoder, pipe.tokenizer, [""], device).expand(cfg.batch, -1, -1)
     unet0 = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
     unet = pipe.unet.train()
-    trained = [p for n, p in unet.named_parameters() if "attn2" not in n]  # ESD-u: not the cross-attention
+    trained = [p for n, p in unet.named_parameters() if ("attn2" in n) == (cfg.esd_train == "x")]  # attn2: cross-attention
     unet.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
