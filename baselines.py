@@ -18,12 +18,13 @@ is fine-tuned so that its prediction for an unsafe prompt c equals the frozen mo
     min_theta  || f_theta(x_t, t, c) - [f0(x_t, t, "") - eta (f0(x_t, t, c) - f0(x_t, t, ""))] ||^2
 The prompt c names the concept alone ("a skull", "a pair of swords": the `defense` words), as ESD erases
 "nudity" with that one word; full captions would also steer away from the colours they name, which benign
-prompts share. ESD-u trains every UNet weight except the cross-attention (attn2) ones, the paper's choice for nudity; ESD-x
-only the cross-attention ones, its choice for specific concepts (--esd_train). The paper
-draws x_t by partly sampling the model with c; we noise the defender's unsafe images' latents at a random t
-(the same distribution the base model learned for c, and no sampling per step). Unlike `erase` (nft_train.py
---unet=erase: unsafe prompts denoise to black, benign retention) ESD has no target image and no benign term:
-the concept is steered away, not refused, and nothing holds benign prompts in place.
+prompts share. ESD-u trains every UNet weight but the cross-attention (attn2) ones, the paper's choice for
+nudity; ESD-x, the default here (measured: README), only the cross-attention ones, its choice for specific
+concepts (--esd_train). The paper draws x_t by partly sampling the model with c; we noise the defender's
+unsafe images' latents at a random t (the distribution the base model learned for c, and no sampling per
+step). Unlike `erase` (nft_train.py --unet=erase: unsafe prompts denoise to black, benign retention) ESD has
+no target image and no benign term: the concept is steered away, not refused, and nothing holds benign
+prompts in place.
 
 External filter. The kind of post-hoc image checker Stable Diffusion ships: diffusers'
 StableDiffusionSafetyChecker compares the CLIP image embedding of every generated image with a set of concept
@@ -124,7 +125,8 @@ def train_esd(pipe, cfg: BaselineConfig, device) -> dict:
         c_empty = encode_text(pipe.text_encoder, pipe.tokenizer, [""], device).expand(cfg.batch, -1, -1)
     unet0 = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
     unet = pipe.unet.train()
-    trained = [p for n, p in unet.named_parameters() if ("attn2" in n) == (cfg.esd_train == "x")]  # attn2: cross-attention
+    cross = cfg.esd_train == "x"  # attn2 modules are the cross-attention
+    trained = [p for n, p in unet.named_parameters() if ("attn2" in n) == cross]
     unet.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
