@@ -122,6 +122,17 @@ def test_compare_writes_one_table_for_every_defence_and_reuses_what_is_up_to_dat
     assert json.loads((out / "compare.json").read_text())["defences"]["safetext"]["built"]
 
 
+def test_a_fingerprint_names_the_weights_not_the_folder(world):
+    import shutil
+
+    shutil.copytree("runs/base", "runs/base_copy")
+    base, copy_ = toy_sd.load_pipeline("runs/base"), toy_sd.load_pipeline("runs/base_copy")
+    assert attack.fingerprint(base) == attack.fingerprint(copy_)
+    with torch.no_grad():
+        copy_.vae.decoder.conv_out.bias[0] += 1e-6  # one weight of one part, barely moved
+    assert attack.fingerprint(base) != attack.fingerprint(copy_)
+
+
 def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs():
     from nft_train import NFTConfig
 
