@@ -150,7 +150,7 @@ def test_readme_commands_parse():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     seen = 0
     for line in readme.splitlines():
-        words = line.strip().strip("`").split()
+        words = [w.strip("`,;:()") for w in line.split()]  # commands in code blocks and in running text
         for i, w in enumerate(words[:-1]):
             if w == "python" and words[i + 1] in scripts:
                 args = [a for a in words[i + 2 :] if a.startswith("--")]
