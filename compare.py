@@ -5,7 +5,7 @@ differs from the one below, loaded otherwise:
   none       the undefended base model
   filter     an external image filter (baselines.py: SD's safety checker, fitted on the defender's data)
   safetext   SafeText: the text encoder moves unsafe prompts' embeddings away (baselines.py)
-  esd        ESD-u: the UNet learns negative guidance away from the unsafe prompts (baselines.py)
+  esd        ESD-x: the UNet's cross-attention learns negative guidance away from the unsafe concepts (baselines.py)
   erase      the UNet erased (suppression + retention), no simulated fine-tuning, no moderator
   moderator  Patronus' decoder moderator alone, UNet untouched (moderator.py)
   nft        Patronus' NFT UNet alone, no moderator
@@ -196,7 +196,8 @@ def main(cfg: CompareConfig):
                 title=f"every defence, {cfg.suite} suite, best lr per attack, seed {cfg.seed}")
     print(md)
     print(f"compare: {len(entries)} attack runs ({reused} reused from {cache}); "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f"; wrote {out}/compare.json, compare.md, curves.png, attacks.json, grids/")
+          + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+          + f"; wrote {out}/compare.json, compare.md, curves.png, attacks.json, grids/")
     return rows, entries
 
 

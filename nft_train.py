@@ -142,8 +142,9 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     # `gained` and added to the defender's own gradient at the end (zero_grad sets .grad to None, so holding the
     # tensor costs no copy)
     gained = [None for _ in adapted.parameters()]
-    checks = {k for k in range(1, cfg.inner_steps + 1) if k == cfg.inner_steps or (cfg.nft_every and k % cfg.nft_every == 0)}
-    for k in range(1, cfg.inner_steps + 1):
+    last = cfg.inner_steps
+    checks = {k for k in range(1, last + 1) if k == last or (cfg.nft_every and k % cfg.nft_every == 0)}
+    for k in range(1, last + 1):
         i = draw(len(z_u))
         inner.zero_grad()
         losses.diffusion_loss(adapted, sched, z_u[i], c_u[i], generator=g).backward()
