@@ -556,7 +556,9 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
     base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],
                 eval_repeats=spec["eval_repeats"])
-    prints = {m: fingerprint(p) for m, p in models.items() if p is not None} | {"reference": fingerprint(reference)}
+    unique = {id(p): p for p in [*models.values(), reference] if p is not None}  # the reference is often a model
+    hashes = {i: fingerprint(p) for i, p in unique.items()}  # each pipeline hashed once
+    prints = {m: hashes[id(p)] for m, p in models.items() if p is not None}
     done = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     entries, grids = [], []
     for attack, task in jobs:
@@ -565,7 +567,7 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
         grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
         for label, seed, (opt, lr) in itertools.product(labels, seeds, grid):
             acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, suite="off", **base)
-            key = json.dumps([prints.get(label, "scratch"), prints["reference"], attack, task, opt, lr, seed,
+            key = json.dumps([prints.get(label, "scratch"), hashes[id(reference)], attack, task, opt, lr, seed,
                               acfg.batch, acfg.rank, acfg.sample_steps, *base.values()])
             if key in done:
                 entries.append({k: v for k, v in done[key].items() if k != "best"} | {"model": label, "reused": True})
