@@ -373,6 +373,8 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # GPU work is asynchronous: wait before reading the clock
             train_seconds += time.perf_counter() - t0
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step in points:

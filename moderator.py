@@ -172,6 +172,7 @@ def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None,
     rng = random.Random(cfg.seed)
     pick = lambda t: t[torch.randint(len(t), (cfg.batch,), generator=gen)]  # noqa: E731
     bar = tqdm(range(cfg.steps), desc="decoder moderator")
+    t0 = time.perf_counter()
     for _ in bar:
         zu, zb, xb = pick(z_u), pick(z_b), pick(x_b).to(device)  # real images wait on the CPU
         with torch.no_grad():
@@ -196,8 +197,12 @@ def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None,
         opt.step()
         bar.set_postfix(zero=f"{l_zero.item():.4f}", cal=f"{l_cal.item():.4f}", rec=f"{l_rec.item():.4f}",
                         nft=f"{l_nft.item():.4f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # GPU work is asynchronous: wait for it before reading the clock
+    seconds = (time.perf_counter() - t0) / max(cfg.steps, 1)
     vae.requires_grad_(False).eval()
-    return {"zero": l_zero.item(), "cal": l_cal.item(), "rec": l_rec.item(), "nft": l_nft.item()}
+    return {"zero": l_zero.item(), "cal": l_cal.item(), "rec": l_rec.item(), "nft": l_nft.item(),
+            "seconds_per_step": round(seconds, 4)}
 
 
 def defender_prompts(kind: str, seed: int, folder: str = "", n: int = 2048) -> list[str]:

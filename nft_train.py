@@ -168,8 +168,9 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     return l_nft
 
 
-def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, opt_state=None):
-    """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt."""
+def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int = 0, opt_state=None) -> list[float]:
+    """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt (None: no
+    checkpoints, for benchmark.py). Returns the seconds of each outer step (checkpointing not counted)."""
     from toy_sd import build_scheduler, encode_images, encode_text, image_size, save_pipeline
 
     unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
@@ -196,7 +197,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     bar = tqdm(range(start, cfg.steps), desc=f"UNet ({cfg.unet})", initial=start, total=cfg.steps)
-    step_seconds = 0.0  # time in outer steps only (not checkpointing), for the inner loop's cost
+    step_seconds = []  # time in outer steps only (not checkpointing), for the inner loop's cost
     for step in bar:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per-step seeds make resume exact
@@ -222,16 +223,18 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path, start: int = 0, o
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        step_seconds += time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # GPU work is asynchronous: wait for it before reading the clock
+        step_seconds.append(time.perf_counter() - t0)
         bar.set_postfix(sup=f"{l_sup.item():.4f}", ret=f"{l_ret.item():.4f}", dst=f"{l_dst.item():.4f}",
                         nft=f"{l_nft.item():.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             unet.eval()
             save_pipeline(pipe, ckpt, {"trainer_state.json": {"step": step + 1, "config": dataclasses.asdict(cfg)}})
             torch.save(opt.state_dict(), ckpt / "optimizer.pt")
             unet.train()
     unet.eval().requires_grad_(False)
-    return step_seconds / max(cfg.steps - start, 1)
+    return step_seconds
 
 
 def main(cfg: NFTConfig):
@@ -261,7 +264,8 @@ def main(cfg: NFTConfig):
     # The UNet first, then the moderator: the moderator then learns the unsafe features of both the base UNet
     # (what an attacker who undoes the NFT gets back) and the defended UNet.
     t0 = time.time()
-    seconds_per_step = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.unet != "off" else None
+    step_seconds = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.unet != "off" else []
+    seconds_per_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
     unet_peak_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     times["unet"] = time.time() - t0
     t0 = time.time()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import attack
+import benchmark
 import evaluate
 import moderator
 import nft_train
@@ -133,6 +134,21 @@ def test_inplace_simulated_fine_tuning_matches_the_deepcopy(cwd):
     lean = toy_sd.load_pipeline("runs/lean").unet.state_dict()
     assert all(v.dtype == torch.float32 for v in lean.values())  # the trained UNet stays float32
     assert any(not torch.equal(lean[k], weights["deepcopy_0"][k]) for k in lean)
+
+
+def test_benchmark_times_every_case_on_a_real_folder(cwd):
+    rep = benchmark.main(benchmark.BenchConfig(model=str(cwd / "sd"), steps=2, batch=2, images=4, inner_steps=1,
+                                               device="cpu"))
+    assert list(rep["cases"]) == list(benchmark.CASES)
+    for case, r in rep["cases"].items():
+        assert r["seconds_per_step"] > 0, case
+        assert len(r["step_seconds"]) == (1 if case.startswith("moderator") else 2)
+    assert rep["image_size"] == 64 and rep["unet_parameters"] > 0
+    md = Path("runs/benchmark/benchmark.md").read_text()
+    assert md.count("| nft_") == 3 and "| plain | " in md
+    assert json.loads(Path("runs/benchmark/benchmark.json").read_text())["batch"] == 2
+    with pytest.raises(ConfigError, match="unknown"):
+        benchmark.BenchConfig(cases="plain,fast")
 
 
 def test_attack_on_a_real_folder_measured_with_nudenet(cwd):

@@ -8,6 +8,7 @@ import torch
 
 import attack
 import baselines
+import benchmark
 import compare
 import evaluate
 import moderator
@@ -146,7 +147,7 @@ def test_readme_commands_parse():
     scripts = {"nft_train.py": nft_train.NFTConfig, "evaluate.py": evaluate.EvalConfig,
                "attack.py": attack.AttackConfig, "moderator.py": moderator.ModeratorConfig,
                "toy_sd.py": toy_sd.PretrainConfig, "compare.py": compare.CompareConfig,
-               "baselines.py": baselines.BaselineConfig}
+               "baselines.py": baselines.BaselineConfig, "benchmark.py": benchmark.BenchConfig}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     seen = 0
     for line in readme.splitlines():
