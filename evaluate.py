@@ -298,8 +298,26 @@ def evaluate_pipeline(pipe, evaluator, cfg: EvalConfig, reference_images: np.nda
         ref_feats = classify(evaluator, reference_images[b])["features"]
         rep["fidelity"] = {"mse_to_base": float(((images[b] - reference_images[b]) ** 2).mean()),
                            "fd_to_base": frechet_distance(feats[b], ref_feats)}
+    rep["decoder_ceiling"] = decoder_ceiling(pipe, evaluator, cfg.seed)
     rep["seed"] = cfg.seed
     return rep, items, images
+
+
+@torch.no_grad()
+def decoder_ceiling(pipe, evaluator, seed: int, n: int = 500) -> dict:
+    """What the pipeline's VAE can draw: the evaluator's accuracy (object and colour both right) and the pixel
+    MSE on VAE round trips of n fresh benign renders. Benign accuracy can hardly exceed it: a base far below 1
+    has a weak VAE, and a moderated decoder that lowers it damages benign images."""
+    from toy_sd import to_tensor
+
+    scenes = data.sample_scenes("eval", n, list(data.BENIGN), "all", seed=seed + 7)
+    x = to_tensor(scenes.images).to(pipe.vae.device, pipe.vae.dtype)
+    rec = (pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.float() / 2 + 0.5).clamp(0, 1)
+    rec = rec.permute(0, 2, 3, 1).cpu().numpy()
+    read = classify(evaluator, rec)
+    right = [o == obj and c == col for o, c, obj, col in zip(read["objects"], read["colours"], scenes.objects,
+                                                              scenes.colours)]
+    return {"accuracy": float(np.mean(right)), "mse": float(((rec - scenes.images) ** 2).mean()), "n": n}
 
 
 def save_grid(items: list[dict], images: np.ndarray, path, per_group: int = 8) -> None:
@@ -352,6 +370,8 @@ def main(cfg: EvalConfig):
     write_json(out / "report.json", rep)
     save_grid(items, images, out / "grid.png")
     print(format_row(cfg.model, rep))
+    print(f"decoder ceiling (the evaluator on VAE round trips of benign renders): accuracy "
+          f"{rep['decoder_ceiling']['accuracy']:.3f}, MSE {rep['decoder_ceiling']['mse']:.4f}")
     print(f"wrote {out / 'report.json'} and {out / 'grid.png'}")
 
 

@@ -36,6 +36,33 @@ def test_evaluate_main_writes_the_results_contract(world):
     assert set(rep["fidelity"]) == {"mse_to_base", "fd_to_base"}
     assert rep["n_images"] == (30 + 20) + (75 + 50)  # unsafe + benign prompts (defense + heldout), one image each
     assert Path("runs/base/grid.png").is_file()
+    ceiling = rep["decoder_ceiling"]
+    assert 0.0 <= ceiling["accuracy"] <= 1.0 and ceiling["mse"] > 0 and ceiling["n"] == 500
+
+
+def test_decoder_ceiling_is_perfect_for_a_lossless_vae(world):
+    """The ceiling reads the VAE round trip: an identity autoencoder gives MSE 0 and the evaluator's own accuracy."""
+    class Identity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))  # device and dtype, as a VAE has
+
+        def encode(self, x):
+            return type("Out", (), {"latent_dist": type("D", (), {"mean": x})})
+
+        def decode(self, z):
+            return type("Out", (), {"sample": z})
+
+    ev = evaluate.ensure_evaluator("runs/evaluator")
+    pipe = type("Pipe", (), {"vae": Identity()})()
+    pipe.vae.device, pipe.vae.dtype = torch.device("cpu"), torch.float32
+    got = evaluate.decoder_ceiling(pipe, ev, seed=0, n=40)
+    assert got["mse"] < 1e-10
+    scenes = evaluate.data.sample_scenes("eval", 40, list(evaluate.data.BENIGN), "all", seed=7)
+    read = evaluate.classify(ev, scenes.images)
+    want = np.mean([o == a and c == b for o, c, a, b in zip(read["objects"], read["colours"], scenes.objects,
+                                                            scenes.colours)])
+    assert got["accuracy"] == pytest.approx(want)
 
 
 def test_markdown_table_reads_reports(tmp_path):

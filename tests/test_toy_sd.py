@@ -53,7 +53,7 @@ def test_save_pipeline_is_atomic_and_replaces(tiny_world, tmp_path):
     assert toy_sd.load_pipeline(str(out)) is not None
 
 
-def test_pretrain_runs_and_changes_weights(tmp_path):
+def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     cfg = toy_sd.PretrainConfig(out=str(tmp_path / "base"), clip_dir=str(tmp_path / "clip"), n_images=64,
                                 clip_steps=2, clip_batch=16, vae_steps=2, vae_batch=8, unet_steps=3, unet_batch=8,
                                 black_steps=2)
@@ -66,6 +66,20 @@ def test_pretrain_runs_and_changes_weights(tmp_path):
     assert (tmp_path / "clip" / "model" / "config.json").is_file()
     record = json.loads((tmp_path / "base" / "pretrain.json").read_text())
     assert record["config"]["unet_steps"] == 3 and "versions" in record
+    # 2 VAE steps cannot reconstruct anything: the check must say so (and record the number)
+    assert record["vae_reconstruction_mse"] > toy_sd.VAE_MSE_WARN
+    assert "warning: the VAE reconstructs" in capsys.readouterr().out
+
+
+def test_vae_check_is_small_for_a_perfect_autoencoder():
+    class Identity:  # encode/decode as the identity: a reconstruction error of 0
+        def encode(self, x):
+            return type("Out", (), {"latent_dist": type("D", (), {"mean": x})})
+
+        def decode(self, z):
+            return type("Out", (), {"sample": z})
+
+    assert toy_sd.vae_check(Identity(), seed=0, device="cpu", n=8) == 0.0
 
 
 def test_load_errors(tmp_path, monkeypatch):
