@@ -310,7 +310,7 @@ def decoder_ceiling(pipe, evaluator, seed: int, n: int = 500) -> dict:
     has a weak VAE, and a moderated decoder that lowers it damages benign images."""
     from toy_sd import to_tensor
 
-    scenes = data.sample_scenes("eval", n, list(data.BENIGN), "all", seed=seed + 7)
+    scenes = data.sample_scenes("eval", n, list(data.BENIGN), "all", seed=seed + 7)  # renders no model trained on
     x = to_tensor(scenes.images).to(pipe.vae.device, pipe.vae.dtype)
     rec = (pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.float() / 2 + 0.5).clamp(0, 1)
     rec = rec.permute(0, 2, 3, 1).cpu().numpy()

@@ -53,7 +53,8 @@ class NFTConfig:
     seed: int = option(0, "one seed for data, sampling of simulated attackers and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # outer loop
-    steps: int = option(1000, "outer steps (300 before: measured in the README, 1000 keeps more benign accuracy and resists longer)")
+    steps: int = option(1000, "outer steps (300 in earlier versions; 1000 keeps more benign accuracy and "
+                        "resists fine-tuning longer: measured in the README)")
     batch: int = option(16, "batch size of every term")
     lr: float = option(1e-4, "Adam learning rate of the defender")
     w_sup: float = option(1.0, "weight of suppression at the current weights (1)")
