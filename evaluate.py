@@ -308,12 +308,10 @@ def decoder_ceiling(pipe, evaluator, seed: int, n: int = 500) -> dict:
     """What the pipeline's VAE can draw: the evaluator's accuracy (object and colour both right) and the pixel
     MSE on VAE round trips of n fresh benign renders. Benign accuracy can hardly exceed it: a base far below 1
     has a weak VAE, and a moderated decoder that lowers it damages benign images."""
-    from toy_sd import to_tensor
+    from toy_sd import vae_round_trip
 
     scenes = data.sample_scenes("eval", n, list(data.BENIGN), "all", seed=seed + 7)  # renders no model trained on
-    x = to_tensor(scenes.images).to(pipe.vae.device, pipe.vae.dtype)
-    rec = (pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.float() / 2 + 0.5).clamp(0, 1)
-    rec = rec.permute(0, 2, 3, 1).cpu().numpy()
+    rec = vae_round_trip(pipe.vae, scenes.images)
     read = classify(evaluator, rec)
     right = [o == obj and c == col for o, c, obj, col in zip(read["objects"], read["colours"], scenes.objects,
                                                               scenes.colours)]

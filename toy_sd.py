@@ -314,11 +314,17 @@ VAE_MSE_WARN = 0.006  # good VAEs measured 0.0037 to 0.0050 here; ones that lost
 
 
 @torch.no_grad()
-def vae_check(vae, seed: int, device, n: int = 512) -> float:
+def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
+    """Encode (posterior mean) and decode images (N, H, W, 3) in [0, 1]; the reconstructions, same layout."""
+    x = to_tensor(images).to(vae.device, vae.dtype)
+    rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+    return (rec / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def vae_check(vae, seed: int, n: int = 512) -> float:
     """The VAE's reconstruction MSE (pixels in [0, 1]) on n renders it never trained on (another seed)."""
-    x = to_tensor(data.sample_scenes("base", n, data.OBJECTS, "all", seed=seed + 1).images).to(device)
-    rec = vae.decode(vae.encode(x).latent_dist.mean).sample
-    return round(((rec.clamp(-1, 1) - x) / 2).pow(2).mean().item(), 5)
+    images = data.sample_scenes("base", n, data.OBJECTS, "all", seed=seed + 1).images
+    return round(float(((vae_round_trip(vae, images) - images) ** 2).mean()), 5)
 
 
 def teach_black(vae, images: torch.Tensor, cfg: PretrainConfig, device) -> float:
@@ -411,7 +417,7 @@ def pretrain(cfg: PretrainConfig):
     t0 = time.time()
     teach_black(vae, images, cfg, device)
     times["black"] = time.time() - t0
-    mse = vae_check(vae, cfg.seed, device)
+    mse = vae_check(vae, cfg.seed)
     if mse > VAE_MSE_WARN:  # every number downstream is bounded by what the decoder can draw
         print(f"warning: the VAE reconstructs fresh renders with MSE {mse:.4f} (> {VAE_MSE_WARN}); colours or "
               "shapes are being lost and the base model will be weak. Try more --vae_steps or another --seed.")

@@ -73,13 +73,15 @@ def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
 
 def test_vae_check_is_small_for_a_perfect_autoencoder():
     class Identity:  # encode/decode as the identity: a reconstruction error of 0
+        device, dtype = torch.device("cpu"), torch.float32
+
         def encode(self, x):
             return type("Out", (), {"latent_dist": type("D", (), {"mean": x})})
 
         def decode(self, z):
             return type("Out", (), {"sample": z})
 
-    assert toy_sd.vae_check(Identity(), seed=0, device="cpu", n=8) == 0.0
+    assert toy_sd.vae_check(Identity(), seed=0, n=8) == 0.0
 
 
 def test_load_errors(tmp_path, monkeypatch):
