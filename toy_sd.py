@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from config import cli, option, pick_device, run_record, seed_everything, write_json
+from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
 
 
 @dataclasses.dataclass
@@ -47,6 +47,8 @@ class PretrainConfig:
     vae_lr: float = option(1e-3, "peak AdamW learning rate of the autoencoder (one-cycle schedule)")
     kl_weight: float = option(1e-4, "weight of the KL term of the VAE (keeps latents near zero mean)")
     # UNet
+    unet_width: int = option(48, "channels of the UNet's 8x8 level (a multiple of 16; 32 in earlier versions bound "
+                             "colours to objects poorly, see build_unet)")
     unet_steps: int = option(2500, "UNet training steps")
     unet_batch: int = option(48, "UNet batch size")
     lr: float = option(2e-3, "peak AdamW learning rate of the UNet (CLIP: half of it; the black-decoding stage: "
@@ -54,6 +56,10 @@ class PretrainConfig:
     cfg_dropout: float = option(0.1, "probability of training on the empty caption (for guidance)")
     black_steps: int = option(200, "decoder-only steps that teach the VAE to decode the black image")
     snr_gamma: float = option(5.0, "Min-SNR loss weighting of UNet pretraining (0 turns it off)")
+
+    def __post_init__(self):
+        if not isinstance(self.unet_width, int) or self.unet_width <= 0 or self.unet_width % 16:
+            raise ConfigError(f"--unet_width must be a positive multiple of 16 (the UNet's group norm), got {self.unet_width!r}")
 
 
 MAX_TOKENS = 16  # the pocket captions are at most 10 tokens; real SD uses 77
@@ -132,13 +138,17 @@ def build_vae():
                          mid_block_add_attention=False)  # (3, 32, 32) <-> (4, 8, 8)
 
 
-def build_unet(cross_attention_dim: int):
+def build_unet(cross_attention_dim: int, width: int = 48):
+    """A tiny SD UNet: cross-attention at the 8x8 level, as SD has it at its highest resolutions.
+
+    width: channels of the 8x8 level. At 32 (earlier versions) the base bound colours to objects poorly
+    (benign accuracy 0.69 to 0.84 over seeds, from the same data and schedule); at 48, 0.97 to 0.99."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(sample_size=data.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                block_out_channels=(width, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=cross_attention_dim, norm_num_groups=32, attention_head_dim=8)
+                                cross_attention_dim=cross_attention_dim, norm_num_groups=16, attention_head_dim=8)
 
 
 def build_scheduler(kind: str = "ddim"):
@@ -410,7 +420,7 @@ def pretrain(cfg: PretrainConfig):
         table = encode_text(text_encoder, tok, uniq + [""], device)  # (U+1, T, D)
         where = {c: i for i, c in enumerate(uniq)}
         cond = table[torch.tensor([where[c] for c in scenes.captions])]
-    unet = build_unet(cfg.width).to(device)
+    unet = build_unet(cfg.width, cfg.unet_width).to(device)
     train_unet(unet, latents, cond, table[-1], cfg)
     unet.eval().requires_grad_(False)
     times["unet"] = time.time() - t0

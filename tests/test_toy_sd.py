@@ -8,6 +8,7 @@ import torch
 
 import data
 import toy_sd
+from config import ConfigError
 
 
 def test_tokenizer_covers_the_world(tmp_path):
@@ -56,9 +57,9 @@ def test_save_pipeline_is_atomic_and_replaces(tiny_world, tmp_path):
 def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     cfg = toy_sd.PretrainConfig(out=str(tmp_path / "base"), clip_dir=str(tmp_path / "clip"), n_images=64,
                                 clip_steps=2, clip_batch=16, vae_steps=2, vae_batch=8, unet_steps=3, unet_batch=8,
-                                black_steps=2)
+                                black_steps=2, unet_width=32)
     torch.manual_seed(0)
-    fresh = toy_sd.build_unet(cfg.width).state_dict()
+    fresh = toy_sd.build_unet(cfg.width, cfg.unet_width).state_dict()
     pipe = toy_sd.pretrain(cfg)
     trained = pipe.unet.state_dict()
     assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
@@ -66,9 +67,15 @@ def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     assert (tmp_path / "clip" / "model" / "config.json").is_file()
     record = json.loads((tmp_path / "base" / "pretrain.json").read_text())
     assert record["config"]["unet_steps"] == 3 and "versions" in record
+    assert pipe.unet.config.block_out_channels[0] == 32  # --unet_width reaches the saved UNet
     # 2 VAE steps cannot reconstruct anything: the check must say so (and record the number)
     assert record["vae_reconstruction_mse"] > toy_sd.VAE_MSE_WARN
     assert "warning: the VAE reconstructs" in capsys.readouterr().out
+
+
+def test_unet_width_must_suit_the_group_norm():
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        toy_sd.PretrainConfig(unet_width=40)
 
 
 def test_vae_check_is_small_for_a_perfect_autoencoder():
