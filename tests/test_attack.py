@@ -153,6 +153,8 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, monkeypatch):
     for e in best:  # the best lr is the strongest of its group
         group = [f for f in saved if (f["attack"], f["task"], f["model"]) == (e["attack"], e["task"], e["model"])]
         assert attack.strength(e) == max(attack.strength(f) for f in group)
+    # benign accuracy after the attack: measured for the defended model only (the table's one column)
+    assert all((e["benign_accuracy_after"] is not None) == (e["model"] == "defended") for e in saved)
     table = (out / "attacks.md").read_text()
     assert "| finetune_unet |" in table and "| swap_decoder |" in table and "novel acc" in table
     assert "fUR defended" in table and "| UR defended" in table  # the faithful table, then the plain one
