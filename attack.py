@@ -554,9 +554,9 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
     and grids/<attack>.png of the best runs on model `grid_of`. Returns the entries.
     cache: a JSON file of every run measured so far, by `key` (the weights' fingerprints, attack, optimizer, lr,
     seed and measuring settings); a run found there is taken as it is instead of run again, a new one is added.
-    benign_after: the labels whose benign accuracy is measured after each attack (125 more images a run, a
-    third of a quick run's time); None: every model but the from-scratch reference, whose pipeline is half
-    random and has no benign accuracy to keep.
+    benign_after: the labels whose benign accuracy is measured after each attack (125 more images per run);
+    None: every model but the from-scratch reference, whose pipeline is part random and has no benign
+    accuracy to keep.
     """
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
     base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],

@@ -59,7 +59,8 @@ class PretrainConfig:
 
     def __post_init__(self):
         if not isinstance(self.unet_width, int) or self.unet_width <= 0 or self.unet_width % 16:
-            raise ConfigError(f"--unet_width must be a positive multiple of 16 (the UNet's group norm), got {self.unet_width!r}")
+            raise ConfigError(f"--unet_width must be a positive multiple of 16 (the UNet's group norm), "
+                              f"got {self.unet_width!r}")
 
 
 MAX_TOKENS = 16  # the pocket captions are at most 10 tokens; real SD uses 77
@@ -141,8 +142,9 @@ def build_vae():
 def build_unet(cross_attention_dim: int, width: int = 48):
     """A tiny SD UNet: cross-attention at the 8x8 level, as SD has it at its highest resolutions.
 
-    width: channels of the 8x8 level. At 32 (earlier versions) the base bound colours to objects poorly
-    (benign accuracy 0.69 to 0.84 over seeds, from the same data and schedule); at 48, 0.97 to 0.99."""
+    width: channels of the 8x8 level. At 32 (earlier versions, with 32 norm groups where this has 16) the
+    base bound colours to objects poorly (benign accuracy 0.69 to 0.84 over seeds in a GPU sweep, same data
+    and schedule); at 48, 0.97 to 0.99."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(sample_size=data.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
