@@ -139,7 +139,7 @@ def build_vae():
                          mid_block_add_attention=False)  # (3, 32, 32) <-> (4, 8, 8)
 
 
-def build_unet(cross_attention_dim: int, width: int = 48):
+def build_unet(cross_attention_dim: int, width: int):
     """A tiny SD UNet: cross-attention at the 8x8 level, as SD has it at its highest resolutions.
 
     width: channels of the 8x8 level. At 32 (earlier versions, with 32 norm groups where this has 16) the
