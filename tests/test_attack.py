@@ -176,6 +176,10 @@ def test_attack_table_counts_steps_to_half(tmp_path):
                    "2.00 | 0.80 |")
     entries[0]["curve"] = [[0, 0.0], [50, 0.1], [100, 0.1]]
     assert "| >100 / 0 / 50 | >2.0 |" in evaluate.attack_table(entries)
+    novel = [dict(e, task="novel", curve=c) for e, c in zip(entries[:2], ([[0, 0.1], [50, 0.6], [100, 0.95]],
+                                                                          [[0, 0.1], [50, 0.92], [100, 0.96]]))]
+    table = evaluate.attack_table(entries + novel)
+    assert "steps to novel acc 0.9" in table and "| 100 / 50 / - |" in table  # learnt, not just begun (0.5)
     evaluate.plot_curves(entries, tmp_path / "c.png", title="t")
     assert (tmp_path / "c.png").is_file()
 
