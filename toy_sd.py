@@ -50,7 +50,7 @@ class PretrainConfig:
     unet_width: int = option(48, "channels of the UNet's 8x8 level (a multiple of 16; 32 in earlier versions bound "
                              "colours to objects poorly, see build_unet)")
     unet_steps: int = option(2500, "UNet training steps")
-    unet_batch: int = option(32, "UNet batch size (48 in earlier versions: as good, a third slower)")
+    unet_batch: int = option(48, "UNet batch size")
     lr: float = option(2e-3, "peak AdamW learning rate of the UNet (CLIP: half of it; the black-decoding stage: "
                        "a quarter)")
     cfg_dropout: float = option(0.1, "probability of training on the empty caption (for guidance)")
