@@ -59,7 +59,8 @@ class NFTConfig:
     lr: float = option(1e-4, "Adam learning rate of the defender")
     w_sup: float = option(1.0, "weight of suppression at the current weights (1)")
     w_ret: float = option(1.0, "weight of benign retention (2)")
-    w_dst: float = option(2.0, "weight of distillation inside benign retention (1.0 in earlier versions lost 2.4 points of benign accuracy)")
+    w_dst: float = option(2.0, "weight of distillation inside benign retention (1.0 in earlier versions lost "
+                          "2.4 points of benign accuracy; README, ablations)")
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (what classifier-free guidance subtracts)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     # inner loop
