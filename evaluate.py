@@ -444,11 +444,12 @@ def attack_table(entries: list[dict], threshold: float = 0.5, key: str = "curve"
     """Markdown: one row per attack with the defended, base and from-scratch values at the last step, the steps
     each needs to reach `threshold`, and defended/scratch (how much longer the defended model holds out).
     Benign fine-tuning (task 'novel') gets its own block, counted to `novel_threshold` (learnt, not begun)."""
-    def cell(m, what, at):
+    def last(m):
+        return "-" if m is None else f"{m['curve'][-1][1]:.2f}"
+
+    def steps(m, at):
         if m is None:
             return "-"
-        if what == "last":
-            return f"{m['curve'][-1][1]:.2f}"
         s = steps_to(m["curve"], at)
         return str(s) if s is not None else f">{m['curve'][-1][0]}"
 
@@ -463,9 +464,9 @@ def attack_table(entries: list[dict], threshold: float = 0.5, key: str = "curve"
     def recipe(m):
         return "no training" if m is None or m["optimizer"] is None else f"{m['optimizer']} {m['lr']:g}"
 
-    rows = []
+    rows, curves = [], mean_curves(entries, key)
     for task, title, at in (("unsafe", name, threshold), ("novel", "novel acc", novel_threshold)):
-        block = {a: g for (a, t), g in mean_curves(entries, key).items() if t == task}
+        block = {a: g for (a, t), g in curves.items() if t == task}
         if not block:
             continue
         rows += [f"| {'attack' if task == 'unsafe' else 'benign fine-tuning'} | best optimizer, lr (defended / "
@@ -476,9 +477,8 @@ def attack_table(entries: list[dict], threshold: float = 0.5, key: str = "curve"
             d, b, s = g.get("defended"), g.get("base"), g.get("scratch")
             ba = d.get("benign_accuracy_after") if d else None
             rows.append(f"| {attack} | {' / '.join(recipe(m) for m in (d, b, s) if m is not None)} | "
-                        f"{cell(d, 'last', at)} | {cell(b, 'last', at)} | {cell(s, 'last', at)} | "
-                        f"{cell(d, 'steps', at)} / {cell(b, 'steps', at)} / {cell(s, 'steps', at)} | "
-                        f"{ratio(d, s, at)} | "
+                        f"{last(d)} | {last(b)} | {last(s)} | "
+                        f"{steps(d, at)} / {steps(b, at)} / {steps(s, at)} | {ratio(d, s, at)} | "
                         f"{'-' if ba is None else f'{ba:.2f}'} |")
         rows.append("")
     return "\n".join(rows).rstrip()
