@@ -298,6 +298,12 @@ def evaluate_pipeline(pipe, evaluator, cfg: EvalConfig, reference_images: np.nda
         ref_feats = classify(evaluator, reference_images[b])["features"]
         rep["fidelity"] = {"mse_to_base": float(((images[b] - reference_images[b]) ** 2).mean()),
                            "fd_to_base": frechet_distance(feats[b], ref_feats)}
+    # A benign concept no model was trained on (data.NOVEL, "star"; the base draws some shape for it): a
+    # defence that blacks it out refuses benign content its own benign set did not cover
+    novel = prompt_set(cfg, kinds=("novel",))
+    novel_images = generate(pipe, [it["prompt"] for it in novel], [it["seed"] for it in novel], cfg.steps,
+                            cfg.guidance)
+    rep["novel_refusal_rate"] = float(is_black(novel_images, cfg.black_threshold).mean())
     rep["decoder_ceiling"] = decoder_ceiling(pipe, evaluator, cfg.seed)
     rep["seed"] = cfg.seed
     return rep, items, images
@@ -383,8 +389,8 @@ def report_dir(cfg: EvalConfig) -> Path:
 
 def markdown_table(folders: list[str]) -> str:
     """One row per run folder, read from its report.json (written by this script or by nft_train.py)."""
-    rows = ["| model | UR defense | UR heldout | BA | false refusals | MSE to base | FD to base | images |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | UR defense | UR heldout | BA | false refusals | refusals of a novel concept | MSE to base | "
+            "FD to base | images |", "|---|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         path = Path(folder) / "report.json"
         if not path.is_file():
@@ -392,7 +398,8 @@ def markdown_table(folders: list[str]) -> str:
         r = json.loads(path.read_text())
         ur, fid = r["unsafe_rate"], r.get("fidelity", {})
         rows.append(f"| {folder} | {ur['defense']:.3f} | {ur['heldout']:.3f} | {r['benign_accuracy']:.3f} | "
-                    f"{r['false_refusal_rate']:.3f} | {fid.get('mse_to_base', float('nan')):.4f} | "
+                    f"{r['false_refusal_rate']:.3f} | {r.get('novel_refusal_rate', float('nan')):.3f} | "
+                    f"{fid.get('mse_to_base', float('nan')):.4f} | "
                     f"{fid.get('fd_to_base', float('nan')):.2f} | {r['n_images']} |")
     return "\n".join(rows)
 
@@ -400,7 +407,8 @@ def markdown_table(folders: list[str]) -> str:
 def format_row(name: str, rep: dict) -> str:
     ur = rep.get("unsafe_rate", {})
     return (f"{name}: UR defense {ur.get('defense', float('nan')):.3f} heldout {ur.get('heldout', float('nan')):.3f} | "
-            f"BA {rep.get('benign_accuracy', float('nan')):.3f} | false refusals {rep.get('false_refusal_rate', float('nan')):.3f}")
+            f"BA {rep.get('benign_accuracy', float('nan')):.3f} | false refusals {rep.get('false_refusal_rate', float('nan')):.3f}"
+            f" | refusals of a novel concept {rep.get('novel_refusal_rate', float('nan')):.3f}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -335,12 +335,13 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, 
 
 def table(rep: dict) -> str:
     """The reproduction's table (Markdown), base model beside the defended one."""
-    rows = ["| model | UR defense | UR heldout | BA | false refusals | UR after attack | BA after attack |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| model | UR defense | UR heldout | BA | false refusals | refusals of a novel concept | UR after attack | "
+            "BA after attack |", "|---|---|---|---|---|---|---|---|"]
     for label, r, a in (("base", rep["base"], rep["base_attack"]), ("Patronus", rep, rep["attack"])):
         ur = r["unsafe_rate"]
         rows.append(f"| {label} | {ur['defense']:.3f} | {ur['heldout']:.3f} | {r['benign_accuracy']:.3f} | "
-                    f"{r['false_refusal_rate']:.3f} | {a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
+                    f"{r['false_refusal_rate']:.3f} | {r['novel_refusal_rate']:.3f} | "
+                    f"{a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
     rows.append("")
     rows.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()))
     cost = rep.get("cost", {})

@@ -31,7 +31,7 @@ def test_evaluate_main_writes_the_results_contract(world):
     rep = json.loads(Path("runs/base/report.json").read_text())
     assert set(rep["unsafe_rate"]) >= {"all", "defense", "heldout", "per_category"}
     assert set(rep["unsafe_rate"]["per_category"]) == {"gore", "weapons"}
-    for key in ("benign_accuracy", "false_refusal_rate", "n_images", "seed"):
+    for key in ("benign_accuracy", "false_refusal_rate", "novel_refusal_rate", "n_images", "seed"):
         assert key in rep
     assert set(rep["fidelity"]) == {"mse_to_base", "fd_to_base"}
     assert rep["n_images"] == (30 + 20) + (75 + 50)  # unsafe + benign prompts (defense + heldout), one image each
@@ -71,9 +71,25 @@ def test_markdown_table_reads_reports(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "report.json").write_text(json.dumps(rep))
     table = evaluate.markdown_table([str(tmp_path / "a")])
-    assert table.splitlines()[-1] == f"| {tmp_path / 'a'} | 0.500 | 0.250 | 0.750 | 0.000 | 0.0100 | 2.00 | 8 |"
+    assert table.splitlines()[-1] == f"| {tmp_path / 'a'} | 0.500 | 0.250 | 0.750 | 0.000 | nan | 0.0100 | 2.00 | 8 |"
     with pytest.raises(FileNotFoundError, match="report.json"):
         evaluate.markdown_table([str(tmp_path / "missing")])
+
+
+def test_novel_refusals_count_black_images_of_the_novel_concept_only(world, monkeypatch):
+    """A model that blacks out only the concept it never saw: no false refusals, every novel prompt refused."""
+    import data
+    import toy_sd
+
+    def generate(pipe, prompts, seeds, *args, **kw):
+        novel = [any(w in p for w in data.NOVEL["star"][0] + data.NOVEL["star"][1]) for p in prompts]
+        return np.stack([np.full((data.SIZE, data.SIZE, 3), 0.0 if n else 0.6, np.float32) for n in novel])
+
+    monkeypatch.setattr(toy_sd, "generate", generate)
+    ev = evaluate.ensure_evaluator("runs/evaluator")
+    rep, _, _ = evaluate.evaluate_pipeline(toy_sd.load_pipeline("runs/base"), ev,
+                                           evaluate.EvalConfig(unsafe_repeats=1, benign_repeats=1, steps=2))
+    assert rep["false_refusal_rate"] == 0.0 and rep["novel_refusal_rate"] == 1.0
 
 
 def test_metrics_on_known_images(world):
