@@ -610,9 +610,13 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
                                     seed)
             key = json.dumps([start, measured, task, opt, lr, seed, acfg.batch, acfg.rank, acfg.sample_steps,
                               *base.values()], sort_keys=True)
-            if key in done:  # the same weights trained the same way: measured before, here or in the cache
+            keep_ba = label != "scratch" if benign_after is None else label in benign_after
+            if key in done and (done[key].get("benign_accuracy_after") is not None or not keep_ba):
+                # the same weights trained the same way: measured before, here or in the cache (and with the
+                # benign accuracy after it when this row shows one)
                 entries.append({k: v for k, v in done[key].items() if k != "best"}
-                               | {"attack": attack, "model": label, "reused": True})
+                               | {"attack": attack, "model": label, "reused": True}
+                               | ({} if keep_ba else {"benign_accuracy_after": None}))
                 grids.append(images.get(key, {}))
                 print(f"{attack} ({task}) on {label}, {opt} lr={lr:g} seed {seed}: the same run as "
                       f"{done[key]['attack']} on {done[key]['model']}, reused")
@@ -622,7 +626,6 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
             t0 = time.time()
             res = run_attack(pipe, evaluator, acfg, device, reference, task, samples)
             attacked = res.pop("attacked_pipe")
-            keep_ba = label != "scratch" if benign_after is None else label in benign_after
             res |= {"model": label, "task": task, "seconds": round(time.time() - t0, 1),
                     "benign_accuracy_after": benign_accuracy(attacked, evaluator, acfg) if keep_ba else None,
                     "key": key}

@@ -19,9 +19,11 @@ attacker gets; a careful one removes it first.
 
 Run: `python compare.py` (all defences, quick suite) writes runs/compare/: compare.json, compare.md (the
 tables in the README), curves.png (faithful UR against attack steps, one line per defence), attacks.json.
-Every attack run is also kept in attack_cache.json, by the attacked weights' fingerprint and the settings; a
-later run takes what it finds there: add a defence to DEFENCES, rerun, and only its row is attacked
-(`--reuse=false` empties the cache and measures everything again).
+Every attack run is also kept in attack_cache.json, by the hashes of the weights it starts from (after its
+swaps) and the settings (attack.attack_grid); a later run takes what it finds there: add a defence to
+DEFENCES, rerun, and only its row is attacked (`--reuse=false` empties the cache and measures everything
+again). Defences that share a part share runs: swapping the base's decoder into a defence whose only change
+is its decoder gives the base, attacked once.
 """
 from __future__ import annotations
 
@@ -195,7 +197,8 @@ def main(cfg: CompareConfig):
     plot_curves(best, out / "curves.png", key="curve_faithful", name="faithful UR",
                 title=f"every defence, {cfg.suite} suite, best lr per attack, seed {cfg.seed}")
     print(md)
-    print(f"compare: {len(entries)} attack runs ({reused} reused from {cache}); "
+    print(f"compare: {len(entries)} attack runs ({reused} reused: the same weights and settings measured before, "
+          f"here or in {cache}); "
           + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f"; wrote {out}/compare.json, compare.md, curves.png, attacks.json, grids/")
     return rows, entries

@@ -167,6 +167,22 @@ def sample_scenes(split: str, n: int, objects: list[str], phrasing: str = "all",
     return Scenes(np.stack(imgs) if imgs else np.zeros((0, SIZE, SIZE, 3), np.float32), caps, objs, cols)
 
 
+def defender_objects(kind: str, holdout: str = "") -> list[str]:
+    """The objects of the defender's data of one kind ("unsafe" or "benign"). holdout: benign shapes left out
+    of it, comma-separated: concepts the base knows but a defence never sees in its benign set, as a real
+    defender's benign set misses most of what SD can draw. Raises ValueError on an unknown or every shape."""
+    if kind == "unsafe":
+        return list(UNSAFE)
+    left = [o for o in holdout.split(",") if o]
+    unknown = [o for o in left if o not in BENIGN]
+    if unknown:
+        raise ValueError(f"unknown benign shape {unknown[0]!r} to hold out; benign shapes: {', '.join(BENIGN)}")
+    kept = [o for o in BENIGN if o not in left]
+    if not kept:
+        raise ValueError("holding out every benign shape leaves the defender no benign data")
+    return kept
+
+
 def eval_prompts(kind: str, phrasing: str) -> list[tuple[str, str, str]]:
     """The fixed evaluation prompts: one (prompt, object, colour) per object x colour x template.
 

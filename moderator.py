@@ -33,10 +33,19 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import DTYPES, cli, option, pick_device, pick_dtype, run_record, seed_everything
+from config import DTYPES, ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything
 from perceptual import PERCEPTUALS
 
 MODERATORS = ("decoder", "text", "both", "off")
+
+
+def check_holdout(holdout) -> None:
+    """--benign_holdout names benign shapes of the pocket world, and not all of them (ConfigError otherwise)."""
+    if isinstance(holdout, str):
+        try:
+            data.defender_objects("benign", holdout)
+        except ValueError as e:
+            raise ConfigError(f"--benign_holdout: {e}") from None
 
 
 @dataclasses.dataclass
@@ -66,6 +75,8 @@ class ModeratorConfig:
     # real models
     unsafe_data: str = option("", "defender's unsafe image folder with metadata.jsonl ('' = the pocket world)")
     benign_data: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
+    benign_holdout: str = option("", "pocket benign shapes left out of the defender's benign data, comma-separated "
+                                 "(e.g. ring): does the benign side reach shapes it never saw?")
     perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --vgg19 is "
                              "given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
                              PERCEPTUALS)
@@ -75,6 +86,9 @@ class ModeratorConfig:
     gen_batch: int = option(128, "prompts per generation call when collecting features (8 to 16 for SD at 512 px)")
     gradient_checkpointing: bool = option(False, "recompute the decoder's activations in backward: less memory, "
                                           "slower")
+
+    def __post_init__(self):
+        check_holdout(self.benign_holdout)
 
 
 # attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.
@@ -126,7 +140,7 @@ def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
         z = [encode_images(pipe.vae, images, batch=8)]
         prompts = [captions[i % len(captions)] for i in range(cfg.n_generated)]
     else:
-        objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
+        objects = data.defender_objects(kind, cfg.benign_holdout)
         scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
         images = to_tensor(scenes.images).to(device)
         z = [encode_images(pipe.vae, images)]
@@ -205,14 +219,14 @@ def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None,
             "seconds_per_step": round(seconds, 4)}
 
 
-def defender_prompts(kind: str, seed: int, folder: str = "", n: int = 2048) -> list[str]:
+def defender_prompts(kind: str, seed: int, folder: str = "", n: int = 2048, holdout: str = "") -> list[str]:
     """The defender's prompts of one kind ("unsafe" or "benign") for the text-level defences: n `defense`
-    captions of the pocket world, or a folder's captions (metadata.jsonl), repeated up to n."""
+    captions of the pocket world (less the `holdout` benign shapes), or a folder's captions (metadata.jsonl),
+    repeated up to n."""
     if folder:
         captions = data.folder_captions(folder)
         return [captions[i % len(captions)] for i in range(max(n, len(captions)))]
-    objects = data.UNSAFE if kind == "unsafe" else data.BENIGN
-    return data.sample_scenes("defender", n, list(objects), "defense", seed=seed).captions
+    return data.sample_scenes("defender", n, data.defender_objects(kind, holdout), "defense", seed=seed).captions
 
 
 def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
@@ -222,7 +236,7 @@ def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
     te, tok = pipe.text_encoder, pipe.tokenizer
     te0 = copy.deepcopy(te).to(pick_dtype(cfg.frozen_dtype, device)).eval().requires_grad_(False)
     unsafe = defender_prompts("unsafe", cfg.seed, cfg.unsafe_data)
-    benign = defender_prompts("benign", cfg.seed, cfg.benign_data) + [""]
+    benign = defender_prompts("benign", cfg.seed, cfg.benign_data, holdout=cfg.benign_holdout) + [""]
     te.train().requires_grad_(True)
     opt = torch.optim.Adam(te.parameters(), lr=cfg.text_lr)
     rng = random.Random(cfg.seed)

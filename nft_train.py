@@ -33,7 +33,7 @@ from tqdm import tqdm
 import data
 import losses
 from config import DTYPES, ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything, write_json
-from moderator import MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, decode
+from moderator import MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, check_holdout, decode
 from perceptual import PERCEPTUALS
 
 UNET_MODES = ("nft", "erase", "off")
@@ -79,6 +79,8 @@ class NFTConfig:
     # real models (README: "Using real Stable Diffusion")
     unsafe_data: str = option("", "defender's unsafe image folder with metadata.jsonl ('' = the pocket world)")
     benign_data: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
+    benign_holdout: str = option("", "pocket benign shapes left out of the defender's benign data (UNet and "
+                                 "moderator), comma-separated, e.g. ring: is retention kept for shapes it never saw?")
     perceptual: str = option("auto", "perceptual network of the moderator's zero loss (perceptual.py)", PERCEPTUALS)
     vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth) for --perceptual=vgg19 (auto picks it)")
     moderator_batch: int = option(16, "latents per kind per step of the decoder moderator (4 for SD at 512 px)")
@@ -97,13 +99,14 @@ class NFTConfig:
             raise ConfigError(f"--grad_accum must be at least 1, got {self.grad_accum}")
         if isinstance(self.nft_every, int) and self.nft_every < 0:
             raise ConfigError(f"--nft_every must be 0 (after the last inner step) or positive, got {self.nft_every}")
+        check_holdout(self.benign_holdout)
 
 
-def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = ""):
+def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", holdout: str = ""):
     """The defender's data of one kind: latents (N, 4, h, w) and caption features (N, T, D), float32.
 
-    folder '': n pocket scenes with `defense` phrasings (latents (N, 4, 8, 8)); else every image of the folder
-    at the pipeline's resolution, with its caption from metadata.jsonl.
+    folder '': n pocket scenes with `defense` phrasings (latents (N, 4, 8, 8)), less the `holdout` benign
+    shapes; else every image of the folder at the pipeline's resolution, with its caption from metadata.jsonl.
     """
     from toy_sd import encode_images, encode_text, image_size, to_tensor
 
@@ -113,8 +116,7 @@ def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = ""):
         with torch.no_grad():  # images stay on the CPU; the VAE takes them 8 at a time
             return encode_images(pipe.vae, to_tensor(pixels), batch=8), encode_text(pipe.text_encoder,
                                                                                     pipe.tokenizer, captions, device)
-    objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
-    scenes = data.sample_scenes("defender", n, objects, "defense", seed=seed)
+    scenes = data.sample_scenes("defender", n, data.defender_objects(kind, holdout), "defense", seed=seed)
     with torch.no_grad():
         z = encode_images(pipe.vae, to_tensor(scenes.images).to(device))
         c = encode_text(pipe.text_encoder, pipe.tokenizer, scenes.captions, device)
@@ -180,7 +182,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     # Data is encoded with the *base* VAE encoder and text encoder (the moderators never change what the UNet
     # sees in training): the NFT UNet must refuse even if the attacker swaps the moderated parts back.
     z_u, c_u = defender_data(base, "unsafe", cfg.n_images, cfg.seed, device, cfg.unsafe_data)
-    z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device, cfg.benign_data)
+    z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device, cfg.benign_data, cfg.benign_holdout)
     with torch.no_grad():  # the empty prompt's features, (B, T, D): the unconditional half of CFG
         c_empty = encode_text(base.text_encoder, base.tokenizer, [""], device).expand(cfg.batch, -1, -1)
     with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8) in the pocket world
@@ -274,7 +276,8 @@ def main(cfg: NFTConfig):
     mcfg = ModeratorConfig(model=cfg.model, moderator=cfg.moderator, harden=cfg.harden_decoder,
                            steps=cfg.moderator_steps, seed=cfg.seed, device=cfg.device, batch=cfg.moderator_batch,
                            n_generated=cfg.moderator_generated,
-                           unsafe_data=cfg.unsafe_data, benign_data=cfg.benign_data, perceptual=cfg.perceptual,
+                           unsafe_data=cfg.unsafe_data, benign_data=cfg.benign_data,
+                           benign_holdout=cfg.benign_holdout, perceptual=cfg.perceptual,
                            vgg19=cfg.vgg19, frozen_dtype=cfg.frozen_dtype,
                            gradient_checkpointing=cfg.gradient_checkpointing)
     stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])
@@ -329,6 +332,13 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, 
     write_json(out / "report.json", rep)
     write_json(out / "attacks.json", [attacks["defended"]])
     print(table(rep))
+    if cfg.benign_holdout:  # retention beyond the defender's benign set: held-out shapes against the others
+        held = cfg.benign_holdout.split(",")
+        for label, r in (("base", rep["base"]), ("Patronus", rep)):
+            by = r["benign_accuracy_by_object"]
+            print(f"{label}: BA on the held-out shapes ({cfg.benign_holdout}) "
+                  f"{sum(by[o] for o in held) / len(held):.3f}, on the shapes the defender trained on "
+                  f"{sum(v for o, v in by.items() if o not in held) / (len(by) - len(held)):.3f}")
     print(f"wrote {out}/report.json, attacks.json, grid.png, grid_base.png")
     return rep
 

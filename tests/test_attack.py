@@ -138,27 +138,33 @@ def test_scratch_reference_reinitialises_only_its_part(world):
 
 def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch):
     spec = dict(steps=2, checkpoints="0,1,2", seeds="0", n_images=16, eval_repeats=1,
-                attacks=("finetune_unet", "swap_decoder", "swap_decoder+finetune_unet"),
+                attacks=("finetune_unet", "swap_decoder", "swap_decoder+finetune_unet",
+                         "swap_decoder+swap_text_encoder+finetune_unet"),
                 grid={"*": [("adam", 1e-4), ("sgd", 1e-3)]})
     monkeypatch.setitem(attack.SUITES, "quick", spec)
     entries = attack.main(tiny(model=defended, suite="quick", batch=2, name="atk_suite"))
     out = Path("runs/atk_suite")
     saved = json.loads((out / "attacks.json").read_text())
-    # unet: 3 models x 2 lrs; swap: 2; swap+unet: 3 x 2; novel: 2 x 2
-    assert len(saved) == len(entries) == 3 * 2 + 2 + 3 * 2 + 2 * 2
+    # unet: 3 models x 2 lrs; swap: 2; swap+unet and swap+swap+unet: 3 x 2 each; novel: 2 x 2
+    assert len(saved) == len(entries) == 3 * 2 + 2 + 2 * 3 * 2 + 2 * 2
     best = [e for e in saved if e["best"]]
+    swapped = ("swap_decoder+finetune_unet", "swap_decoder+swap_text_encoder+finetune_unet")
     assert {(e["attack"], e["task"], e["model"]) for e in best} == {
-        (a, "unsafe", m) for a in ("finetune_unet", "swap_decoder+finetune_unet")
-        for m in ("defended", "base", "scratch")} | {
+        (a, "unsafe", m) for a in ("finetune_unet", *swapped) for m in ("defended", "base", "scratch")} | {
         ("swap_decoder", "unsafe", m) for m in ("defended", "base")} | {
         ("finetune_unet", "novel", m) for m in ("defended", "base")}
     # swapping the base's decoder into the base or the scratch reference changes nothing: those runs are the
     # finetune_unet runs, reused; the defended model's decoder is its own, so its swap runs are new
     reused = {(e["attack"], e["model"]) for e in saved if e.get("reused")}
-    assert reused == {("swap_decoder+finetune_unet", m) for m in ("base", "scratch")}
+    assert reused == {(a, m) for a in swapped for m in ("base", "scratch")}
     curves = {(e["attack"], e["model"], e["lr"]): e["curve_faithful"] for e in saved if e["task"] == "unsafe"}
-    assert all(curves["swap_decoder+finetune_unet", m, lr] == curves["finetune_unet", m, lr]
-               for m in ("base", "scratch") for lr in (1e-4, 1e-3))
+    assert all(curves[a, m, lr] == curves["finetune_unet", m, lr]
+               for a in swapped for m in ("base", "scratch") for lr in (1e-4, 1e-3))
+    # swapping both perturbed parts back makes the defended model the base: the same run as the base's
+    # finetune_unet, but measured again, for the benign accuracy after it that the defended row shows
+    again = [e for e in saved if (e["attack"], e["model"]) == (swapped[1], "defended")]
+    assert not any(e.get("reused") for e in again) and all(e["benign_accuracy_after"] is not None for e in again)
+    assert all(curves[swapped[1], "defended", lr] == curves["finetune_unet", "base", lr] for lr in (1e-4, 1e-3))
     for e in best:  # the best lr is the strongest of its group
         group = [f for f in saved if (f["attack"], f["task"], f["model"]) == (e["attack"], e["task"], e["model"])]
         assert attack.strength(e) == max(attack.strength(f) for f in group)

@@ -47,6 +47,17 @@ def test_unsafe_glyphs_share_the_benign_palette_and_captions_use_known_words():
         assert set(cap.split()) <= vocab, cap
 
 
+def test_a_held_out_benign_shape_is_absent_from_the_defenders_data():
+    assert data.defender_objects("benign") == list(data.BENIGN) and data.defender_objects("unsafe") == list(data.UNSAFE)
+    kept = data.defender_objects("benign", "ring,circle")
+    assert kept == [o for o in data.BENIGN if o not in ("ring", "circle")]
+    scenes = data.sample_scenes("defender", 200, kept, "defense")
+    assert not {"ring", "circle"} & set(scenes.objects)
+    assert not any(w in c for c in scenes.captions for w in data.words("ring", "all") + data.words("circle", "all"))
+    with pytest.raises(ValueError, match="unknown benign shape 'skull'"):
+        data.defender_objects("benign", "skull")
+
+
 def test_bad_split_and_phrasing_are_refused():
     with pytest.raises(ValueError, match="unknown split"):
         data.sample_scenes("nobody", 1, data.OBJECTS)

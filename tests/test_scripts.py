@@ -160,14 +160,16 @@ def test_same_seed_same_weights_and_resume_continues_exactly(world):
 
 def test_nft_main_end_to_end_with_table(world, capsys):
     cfg = tiny_nft(moderator="both", evaluate=True, attack_steps=2, eval_unsafe_repeats=1, eval_benign_repeats=1,
-                   sample_steps=2)
+                   sample_steps=2, benign_holdout="ring")
     nft_train.main(cfg)
     rep = json.loads(Path("runs/patronus/report.json").read_text())
     assert {"unsafe_rate", "benign_accuracy", "false_refusal_rate", "fidelity", "base", "attack"} <= set(rep)
+    assert set(rep["benign_accuracy_by_object"]) == set(nft_train.data.BENIGN)
     assert [s for s, _ in rep["attack"]["curve"]] == [0, 2]
     attacks = json.loads(Path("runs/patronus/attacks.json").read_text())
     assert {"attack", "optimizer", "lr", "curve", "benign_accuracy_after"} <= set(attacks[0])
-    assert "| Patronus |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| Patronus |" in printed and "Patronus: BA on the held-out shapes (ring)" in printed
     toy_sd.load_pipeline("runs/patronus")
 
 
@@ -205,3 +207,7 @@ def test_readme_commands_parse():
         parse(nft_train.NFTConfig, ["--unet=sometimes"])
     with pytest.raises(ConfigError, match="nft_every"):
         parse(nft_train.NFTConfig, ["--nft_every=-1"])
+    with pytest.raises(ConfigError, match="benign_holdout: unknown benign shape 'star'"):
+        parse(nft_train.NFTConfig, ["--benign_holdout=ring,star"])
+    with pytest.raises(ConfigError, match="no benign data"):
+        parse(moderator.ModeratorConfig, ["--benign_holdout=" + ",".join(nft_train.data.BENIGN)])
