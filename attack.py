@@ -34,7 +34,7 @@ base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
          Adam at 1e-4 and 1e-3 (LoRA 1e-3 only, text encoder 1e-4 only), batch 16, 512 attacker images,
          seed 0: about 5 minutes on 2 CPU cores
   full   all 11 attacks of ATTACKS, 1000 steps, UR at 0, 50, 100, 200, 500, 1000, 2048 attacker images;
-         Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2): about 40 minutes on 2 CPU cores (README)
+         Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2): 34 minutes on 2 CPU cores (README)
   wide   full's attacks and steps x 12 (optimizer, lr) (Adam, AdamW, RMSprop at 1e-5, 1e-4, 1e-3; SGD with
          momentum at 1e-4 to 1e-2; LoRA 10x): about six times full, hours on 2 CPU cores
 --only, --optimizers and --lrs run a part of a suite.

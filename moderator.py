@@ -39,13 +39,18 @@ from perceptual import PERCEPTUALS
 MODERATORS = ("decoder", "text", "both", "off")
 
 
-def check_holdout(holdout) -> None:
-    """--benign_holdout names benign shapes of the pocket world, and not all of them (ConfigError otherwise)."""
-    if isinstance(holdout, str):
-        try:
-            data.defender_objects("benign", holdout)
-        except ValueError as e:
-            raise ConfigError(f"--benign_holdout: {e}") from None
+def check_holdout(holdout, benign_data) -> None:
+    """--benign_holdout names benign shapes of the pocket world, and not all of them, and goes without
+    --benign_data (a folder holds what its owner put in it). ConfigError otherwise."""
+    if not isinstance(holdout, str) or not holdout:
+        return
+    if benign_data:
+        raise ConfigError("--benign_holdout leaves shapes out of the pocket world's benign data; with "
+                          "--benign_data, leave those images out of the folder instead")
+    try:
+        data.defender_objects("benign", holdout)
+    except ValueError as e:
+        raise ConfigError(f"--benign_holdout: {e}") from None
 
 
 @dataclasses.dataclass
@@ -88,7 +93,7 @@ class ModeratorConfig:
                                           "slower")
 
     def __post_init__(self):
-        check_holdout(self.benign_holdout)
+        check_holdout(self.benign_holdout, self.benign_data)
 
 
 # attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.

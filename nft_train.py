@@ -99,7 +99,7 @@ class NFTConfig:
             raise ConfigError(f"--grad_accum must be at least 1, got {self.grad_accum}")
         if isinstance(self.nft_every, int) and self.nft_every < 0:
             raise ConfigError(f"--nft_every must be 0 (after the last inner step) or positive, got {self.nft_every}")
-        check_holdout(self.benign_holdout)
+        check_holdout(self.benign_holdout, self.benign_data)
 
 
 def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", holdout: str = ""):

@@ -209,5 +209,7 @@ def test_readme_commands_parse():
         parse(nft_train.NFTConfig, ["--nft_every=-1"])
     with pytest.raises(ConfigError, match="benign_holdout: unknown benign shape 'star'"):
         parse(nft_train.NFTConfig, ["--benign_holdout=ring,star"])
+    with pytest.raises(ConfigError, match="leave those images out of the folder"):
+        parse(nft_train.NFTConfig, ["--benign_holdout=ring", "--benign_data=data/benign"])
     with pytest.raises(ConfigError, match="no benign data"):
         parse(moderator.ModeratorConfig, ["--benign_holdout=" + ",".join(nft_train.data.BENIGN)])
