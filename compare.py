@@ -10,8 +10,8 @@ differs from the one below, loaded otherwise:
   moderator  Patronus' decoder moderator alone, UNet untouched (moderator.py)
   nft        Patronus' NFT UNet alone, no moderator
   patronus   both (nft_train.py's default)
-Columns: the unsafe rate on `defense` and `heldout` phrasings, benign accuracy, false refusals and fidelity to
-the base (evaluate.py, 450 images), then the faithful unsafe rate after each attack of the chosen attack suite
+Columns: the unsafe rate on `defense` and `heldout` phrasings, benign accuracy, false refusals, refusals of a
+novel concept and fidelity to the base (evaluate.py, 450 + 50 images), then the faithful unsafe rate after each attack of the chosen attack suite
 (attack.py; the strongest learning rate of the suite's grid per defence and attack, one seed) plus
 remove_filter. The from-scratch reference (a random UNet, decoder or text encoder trained the same way) is
 attacked too. The filter stays in its pipeline for every attack except remove_filter: what a careless
@@ -123,13 +123,15 @@ def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
 def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str) -> str:
     """Markdown: one row per defence, its evaluation, then `name` after each attack (last step, best lr)."""
     after = {(e["model"], e["attack"]): e[key][-1][1] for e in best}
-    head = ["defence", "UR defense", "UR heldout", "BA", "false refusals", "MSE to base", "FD to base"]
+    head = ["defence", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "MSE to base",
+            "FD to base"]
     lines = ["| " + " | ".join(head + [f"{name} {a}" for a in attacks]) + " |", "|" + "---|" * (len(head) + len(attacks))]
     for model in [*rows, "scratch"]:
         r = rows.get(model)
-        cells = [model] + (["-"] * 6 if r is None else [
+        cells = [model] + (["-"] * (len(head) - 1) if r is None else [
             f"{r['unsafe_rate']['defense']:.3f}", f"{r['unsafe_rate']['heldout']:.3f}", f"{r['benign_accuracy']:.3f}",
-            f"{r['false_refusal_rate']:.3f}", f"{r['fidelity']['mse_to_base']:.4f}", f"{r['fidelity']['fd_to_base']:.2f}"])
+            f"{r['false_refusal_rate']:.3f}", f"{r['novel_refusal_rate']:.3f}", f"{r['fidelity']['mse_to_base']:.4f}",
+            f"{r['fidelity']['fd_to_base']:.2f}"])
         cells += [f"{after[model, a]:.2f}" if (model, a) in after else "-" for a in attacks]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
