@@ -540,7 +540,8 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
 
 def part_prints(pipe) -> dict:
     """A short hash of each part's weights: {"unet": ..., "vae": ..., "text_encoder": ..., "safety_checker": ...}
-    (None for a part the pipeline lacks)."""
+    (None for a part the pipeline lacks). Two pipelines with the same prints are the same model, whatever their
+    folders are called."""
     prints = {}
     for part in ("unet", "vae", "text_encoder", "safety_checker"):
         module = getattr(pipe, part, None)
@@ -553,12 +554,6 @@ def part_prints(pipe) -> dict:
             h.update(tensor.detach().float().cpu().numpy().tobytes())
         prints[part] = h.hexdigest()[:16]
     return prints
-
-
-def fingerprint(pipe) -> str:
-    """A short hash of every weight of a pipeline: two pipelines with the same fingerprint are the same model,
-    whatever their folders are called."""
-    return hashlib.sha256(json.dumps(part_prints(pipe), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def attacked_prints(prints: dict, reference_prints: dict, swaps: list, scratch: str | None = None,

@@ -127,10 +127,10 @@ def test_a_fingerprint_names_the_weights_not_the_folder(world):
 
     shutil.copytree("runs/base", "runs/base_copy")
     base, copy_ = toy_sd.load_pipeline("runs/base"), toy_sd.load_pipeline("runs/base_copy")
-    assert attack.fingerprint(base) == attack.fingerprint(copy_)
+    assert attack.part_prints(base) == attack.part_prints(copy_)
     with torch.no_grad():
         copy_.vae.decoder.conv_out.bias[0] += 1e-6  # one weight of one part, barely moved
-    assert attack.fingerprint(base) != attack.fingerprint(copy_)
+    assert attack.part_prints(base) != attack.part_prints(copy_)
 
 
 def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs():
