@@ -81,10 +81,12 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # zero-started weights); SGD with momentum 0.9 gets 10x larger rates (it steps about 10x its lr once momentum
 # builds). quick and full try Adam at two rates (at 100 steps the stronger was 1e-3 for most attacks, 1e-4
 # for some: README); wide is the grid over four optimizers and three decades, for a GPU or a long night.
+# eval_repeats: images per prompt at each point (50 unsafe prompts); novel_repeats: the same for the novel
+# concept's 25 prompts (default eval_repeats), which benign fine-tuning counts to a fraction of a low ceiling.
 _ADAPTIVE = (1e-5, 1e-4, 1e-3)
 _TWO = [("adam", 1e-4), ("adam", 1e-3)]
 _FULL = dict(steps=1000, checkpoints="0,50,100,200,500,1000", seeds="0", n_images=2048, eval_repeats=1,
-             attacks=ATTACKS)
+             novel_repeats=4, attacks=ATTACKS)
 SUITES = {
     "quick": dict(steps=100, checkpoints="0,50,100", seeds="0", n_images=512, eval_repeats=1,
                   attacks=("finetune_unet", "lora_unet", "finetune_decoder", "finetune_text_encoder",
@@ -586,15 +588,19 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
     None: every model but the from-scratch reference, whose pipeline is part random and has no benign
     accuracy to keep.
     """
+    from evaluate import decoder_ceiling
+
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
-    base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],
-                eval_repeats=spec["eval_repeats"])
     unique = {id(p): p for p in [*models.values(), reference] if p is not None}  # the reference is often a model
     hashes = {i: part_prints(p) for i, p in unique.items()}  # each pipeline hashed once
     done = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     entries, grids, images = [], [], {}  # images: the samples of the runs measured here, by key
+    ceilings = {}  # benign fine-tuning: what each model's decoder can draw of the novel concept (renders, VAE)
     for attack, task in jobs:
         swaps, train = parse_attack(attack)
+        base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],
+                    eval_repeats=spec.get("novel_repeats", spec["eval_repeats"]) if task == "novel"
+                    else spec["eval_repeats"])
         labels = [m for m in models if models[m] is not None or (train and task == "unsafe")]
         grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
         measured = train or ("heldout_prompts" if attack == "heldout_prompts" else "no training")
@@ -606,11 +612,16 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
             key = json.dumps([start, measured, task, opt, lr, seed, acfg.batch, acfg.rank, acfg.sample_steps,
                               *base.values()], sort_keys=True)
             keep_ba = label != "scratch" if benign_after is None else label in benign_after
+            extra = {}
+            if task == "novel":  # the most its curve can reach: the novel concept's renders through its VAE
+                if label not in ceilings:  # (the suites fine-tune the novel concept without swaps)
+                    ceilings[label] = decoder_ceiling(models[label], evaluator, cfg.seed, objects=list(data.NOVEL))
+                extra["ceiling"] = ceilings[label]["accuracy"]
             if key in done and (done[key].get("benign_accuracy_after") is not None or not keep_ba):
                 # the same weights trained the same way: measured before, here or in the cache (and with the
                 # benign accuracy after it when this row shows one)
                 entries.append({k: v for k, v in done[key].items() if k != "best"}
-                               | {"attack": attack, "model": label, "reused": True}
+                               | {"attack": attack, "model": label, "reused": True} | extra
                                | ({} if keep_ba else {"benign_accuracy_after": None}))
                 grids.append(images.get(key, {}))
                 print(f"{attack} ({task}) on {label}, {opt} lr={lr:g} seed {seed}: the same run as "
@@ -623,7 +634,7 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
             attacked = res.pop("attacked_pipe")
             res |= {"model": label, "task": task, "seconds": round(time.time() - t0, 1),
                     "benign_accuracy_after": benign_accuracy(attacked, evaluator, acfg) if keep_ba else None,
-                    "key": key}
+                    "key": key} | extra
             entries.append(res)
             grids.append(samples)
             done[key], images[key] = res, samples
