@@ -90,6 +90,28 @@ def test_novel_refusals_count_black_images_of_the_novel_concept_only(world, monk
     rep, _, _ = evaluate.evaluate_pipeline(toy_sd.load_pipeline("runs/base"), ev,
                                            evaluate.EvalConfig(unsafe_repeats=1, benign_repeats=1, steps=2))
     assert rep["false_refusal_rate"] == 0.0 and rep["novel_refusal_rate"] == 1.0
+    assert rep["novel_reads"] == {"black": 25} and rep["novel_mean_pixel"] == 0.0
+
+
+def test_evaluate_with_another_vae_swaps_only_the_decoding(world):
+    """--vae evaluates the model's UNet through another pipeline's VAE; the model folder is left as it was."""
+    import toy_sd
+
+    other = toy_sd.load_pipeline("runs/base")
+    with torch.no_grad():
+        for p in other.vae.decoder.conv_out.parameters():
+            p.zero_()  # a decoder that draws grey (0.5) whatever it is given
+    toy_sd.save_pipeline(other, "runs/grey")
+    before = state(toy_sd.load_pipeline("runs/base").vae)
+    cfg = evaluate.EvalConfig(model="runs/base", vae="runs/grey", name="swapped", unsafe_repeats=1,
+                              benign_repeats=1, steps=2)
+    evaluate.main(cfg)
+    rep = json.loads(Path("runs/swapped/report.json").read_text())
+    assert abs(rep["novel_mean_pixel"] - 0.5) < 1e-6 and rep["novel_reads"]["black"] == 0
+    assert rep["run"]["config"]["vae"] == "runs/grey"
+    assert not changed(before, toy_sd.load_pipeline("runs/base").vae.state_dict())
+    with pytest.raises(FileNotFoundError, match="--vae=runs/nothing"):
+        evaluate.main(evaluate.EvalConfig(model="runs/base", vae="runs/nothing"))
 
 
 def test_metrics_on_known_images(world):
