@@ -39,9 +39,13 @@ from perceptual import PERCEPTUALS
 MODERATORS = ("decoder", "text", "both", "off")
 
 
-def check_holdout(holdout, benign_data) -> None:
+def check_holdout(holdout, benign_data, keep_prompts=False) -> None:
     """--benign_holdout names benign shapes of the pocket world, and not all of them, and goes without
-    --benign_data (a folder holds what its owner put in it). ConfigError otherwise."""
+    --benign_data (a folder holds what its owner put in it); --keep_holdout_prompts needs it. ConfigError
+    otherwise."""
+    if keep_prompts is True and not holdout:
+        raise ConfigError("--keep_holdout_prompts=true keeps the prompts of the shapes --benign_holdout leaves out: "
+                          "give --benign_holdout too (e.g. --benign_holdout=ring)")
     if not isinstance(holdout, str) or not holdout:
         return
     if benign_data:
@@ -82,6 +86,9 @@ class ModeratorConfig:
     benign_data: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
     benign_holdout: str = option("", "pocket benign shapes left out of the defender's benign data, comma-separated "
                                  "(e.g. ring): does the benign side reach shapes it never saw?")
+    keep_holdout_prompts: bool = option(False, "with --benign_holdout: leave out those shapes' images only; their "
+                                        "prompts stay among the benign generations (a broad prompt list, a "
+                                        "narrow image set)")
     perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --vgg19 is "
                              "given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
                              PERCEPTUALS)
@@ -93,7 +100,7 @@ class ModeratorConfig:
                                           "slower")
 
     def __post_init__(self):
-        check_holdout(self.benign_holdout, self.benign_data)
+        check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts)
 
 
 # attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.
@@ -149,6 +156,8 @@ def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
         scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
         images = to_tensor(scenes.images).to(device)
         z = [encode_images(pipe.vae, images)]
+        if cfg.keep_holdout_prompts:  # images of the kept shapes only, prompts of every one
+            objects = data.defender_objects(kind)
         prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1).captions
     if cfg.n_generated:
         g = [torch.Generator("cpu").manual_seed(cfg.seed * 100_000 + i) for i in range(len(prompts))]

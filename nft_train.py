@@ -81,6 +81,9 @@ class NFTConfig:
     benign_data: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
     benign_holdout: str = option("", "pocket benign shapes left out of the defender's benign data (UNet and "
                                  "moderator), comma-separated, e.g. ring: is retention kept for shapes it never saw?")
+    keep_holdout_prompts: bool = option(False, "with --benign_holdout: leave out those shapes' images only; their "
+                                        "prompts stay in the distillation and the moderator's benign generations "
+                                        "(a broad prompt list, a narrow image set)")
     perceptual: str = option("auto", "perceptual network of the moderator's zero loss (perceptual.py)", PERCEPTUALS)
     vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth) for --perceptual=vgg19 (auto picks it)")
     moderator_batch: int = option(16, "latents per kind per step of the decoder moderator (4 for SD at 512 px)")
@@ -99,7 +102,7 @@ class NFTConfig:
             raise ConfigError(f"--grad_accum must be at least 1, got {self.grad_accum}")
         if isinstance(self.nft_every, int) and self.nft_every < 0:
             raise ConfigError(f"--nft_every must be 0 (after the last inner step) or positive, got {self.nft_every}")
-        check_holdout(self.benign_holdout, self.benign_data)
+        check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts)
 
 
 def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", holdout: str = ""):
@@ -183,6 +186,11 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     # sees in training): the NFT UNet must refuse even if the attacker swaps the moderated parts back.
     z_u, c_u = defender_data(base, "unsafe", cfg.n_images, cfg.seed, device, cfg.unsafe_data)
     z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device, cfg.benign_data, cfg.benign_holdout)
+    c_d = None  # distillation's prompts: the benign captions, or with --keep_holdout_prompts those of every shape
+    if cfg.keep_holdout_prompts:  # the held-out shapes' prompts, without their images (distillation needs none)
+        prompts = data.sample_scenes("defender", cfg.n_images, list(data.BENIGN), "defense", seed=cfg.seed + 1).captions
+        with torch.no_grad():
+            c_d = encode_text(base.text_encoder, base.tokenizer, prompts, device)
     with torch.no_grad():  # the empty prompt's features, (B, T, D): the unconditional half of CFG
         c_empty = encode_text(base.text_encoder, base.tokenizer, [""], device).expand(cfg.batch, -1, -1)
     with torch.no_grad():  # z_black: the latent of the all-black image, (1, 4, 8, 8) in the pocket world
@@ -213,7 +221,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             l_sup = losses.black_loss(unet, sched, z_black, c_u[iu], generator=g)
             # (2) benign retention: SD's own loss on benign pairs + distillation toward the base UNet
             l_ret = losses.diffusion_loss(unet, sched, z_b[ib], c_b[ib], generator=g)
-            l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_b[ib], generator=g)
+            c_dst = c_b[ib] if c_d is None else c_d[batch(len(c_d))]  # on benign latents, whatever the prompt
+            l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_dst, generator=g)
             if cfg.w_uncond:  # sampling computes (1 + s) f(x, c) - s f(x, empty): the empty prompt must not drift
                 l_dst = l_dst + cfg.w_uncond * losses.distillation_loss(unet, unet0, sched, z_b[ib], c_empty,
                                                                         generator=g)
@@ -277,7 +286,8 @@ def main(cfg: NFTConfig):
                            steps=cfg.moderator_steps, seed=cfg.seed, device=cfg.device, batch=cfg.moderator_batch,
                            n_generated=cfg.moderator_generated,
                            unsafe_data=cfg.unsafe_data, benign_data=cfg.benign_data,
-                           benign_holdout=cfg.benign_holdout, perceptual=cfg.perceptual,
+                           benign_holdout=cfg.benign_holdout, keep_holdout_prompts=cfg.keep_holdout_prompts,
+                           perceptual=cfg.perceptual,
                            vgg19=cfg.vgg19, frozen_dtype=cfg.frozen_dtype,
                            gradient_checkpointing=cfg.gradient_checkpointing)
     stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])

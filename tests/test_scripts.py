@@ -182,7 +182,7 @@ def test_same_seed_same_weights_and_resume_continues_exactly(world):
 
 def test_nft_main_end_to_end_with_table(world, capsys):
     cfg = tiny_nft(moderator="both", evaluate=True, attack_steps=2, eval_unsafe_repeats=1, eval_benign_repeats=1,
-                   sample_steps=2, benign_holdout="ring")
+                   sample_steps=2, benign_holdout="ring", keep_holdout_prompts=True)
     nft_train.main(cfg)
     rep = json.loads(Path("runs/patronus/report.json").read_text())
     assert {"unsafe_rate", "benign_accuracy", "false_refusal_rate", "fidelity", "base", "attack"} <= set(rep)
@@ -235,3 +235,35 @@ def test_readme_commands_parse():
         parse(nft_train.NFTConfig, ["--benign_holdout=ring", "--benign_data=data/benign"])
     with pytest.raises(ConfigError, match="no benign data"):
         parse(moderator.ModeratorConfig, ["--benign_holdout=" + ",".join(nft_train.data.BENIGN)])
+    with pytest.raises(ConfigError, match="give --benign_holdout too"):
+        parse(nft_train.NFTConfig, ["--keep_holdout_prompts=true"])
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, monkeypatch, keep):
+    """--benign_holdout=ring: no ring among the moderator's benign renders; its benign generations' prompts name
+    rings only with --keep_holdout_prompts (a broad prompt list, a narrow image set)."""
+    import data
+
+    prompts, renders = [], []
+    pipe = toy_sd.load_pipeline("runs/base")
+
+    def draw(self, prompt, generator, **kw):  # records what the defender asks the model to draw
+        prompts.extend(prompt)
+        return type("Out", (), {"images": torch.zeros(len(prompt), 4, 8, 8)})
+
+    real = data.sample_scenes
+
+    def sample(split, n, objects, *args, **kw):
+        scenes = real(split, n, objects, *args, **kw)
+        renders.append(scenes.objects)
+        return scenes
+
+    monkeypatch.setattr(type(pipe), "__call__", draw)
+    monkeypatch.setattr(data, "sample_scenes", sample)
+    cfg = moderator.ModeratorConfig(benign_holdout="ring", keep_holdout_prompts=keep, n_images=64, n_generated=64)
+    z, images = moderator.collect_features(pipe, "benign", cfg, torch.device("cpu"))
+    assert len(z) == 64 + 64 and len(images) == 64
+    assert "ring" not in renders[0]  # the rendered images (renders[1]: the scenes whose captions are prompts)
+    rings = [p for p in prompts if any(w in p.split() for w in data.words("ring", "defense"))]
+    assert bool(rings) == keep and len(prompts) == 64
