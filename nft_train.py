@@ -188,7 +188,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device, cfg.benign_data, cfg.benign_holdout)
     c_d = None  # distillation's prompts: the benign captions, or with --keep_holdout_prompts those of every shape
     if cfg.keep_holdout_prompts:  # the held-out shapes' prompts, without their images (distillation needs none)
-        prompts = data.sample_scenes("defender", cfg.n_images, list(data.BENIGN), "defense", seed=cfg.seed + 1).captions
+        prompts = data.sample_scenes("defender", cfg.n_images, list(data.BENIGN), "defense",
+                                     seed=cfg.seed + 1).captions
         with torch.no_grad():
             c_d = encode_text(base.text_encoder, base.tokenizer, prompts, device)
     with torch.no_grad():  # the empty prompt's features, (B, T, D): the unconditional half of CFG
