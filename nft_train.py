@@ -67,6 +67,9 @@ class NFTConfig:
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
     nft_every: int = option(0, "step 3's black loss after every this many inner steps and the last, averaged (the "
                             "authors' code and TAR look along the trajectory); 0: after the last step only")
+    inner_persist: int = option(0, "experimental: the simulated attacker's copy carries on across outer steps and "
+                                "restarts from the defender's weights every this many, so step 3 looks up to this "
+                                "x K attack steps deep at no extra cost; 0: a fresh copy every outer step (the paper)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (e.g. after an interruption, or with more --steps)")
@@ -102,6 +105,11 @@ class NFTConfig:
             raise ConfigError(f"--grad_accum must be at least 1, got {self.grad_accum}")
         if isinstance(self.nft_every, int) and self.nft_every < 0:
             raise ConfigError(f"--nft_every must be 0 (after the last inner step) or positive, got {self.nft_every}")
+        if isinstance(self.inner_persist, int) and self.inner_persist < 0:
+            raise ConfigError(f"--inner_persist must be 0 (off) or positive, got {self.inner_persist}")
+        if self.inner_persist and self.simulated_copy != "deepcopy":
+            raise ConfigError("--inner_persist keeps the attacker's copy between outer steps: it needs "
+                              "--simulated_copy=deepcopy")
         check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts)
 
 
@@ -126,7 +134,8 @@ def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", 
     return z, c
 
 
-def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g) -> torch.Tensor:
+def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g,
+                          carried: dict | None = None) -> torch.Tensor:
     """Step (3): K steps of the attacker's objective from the defender's weights, then the black loss at the
     adapted weights; its gradient is added to unet's .grad (first-order MAML). Returns that black loss.
 
@@ -134,16 +143,23 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     inplace: the defender's weights and its gradient so far are set aside on the CPU (no autograd state), the
     attacker adapts `unet` itself, and the weights are copied back afterwards. The same computation in the
     same order, so the same result (tests/test_real_sd.py checks one outer step); one UNet in (GPU) memory.
+    carried (--inner_persist): a non-empty dict holds the copy and optimizer of the attacker of earlier outer
+    steps, which go on from where they were; an empty one is filled with a fresh copy.
     """
     name, lr = attacker
-    if cfg.simulated_copy == "deepcopy":
+    if carried:
+        adapted, inner = carried["unet"], carried["opt"]
+    elif cfg.simulated_copy == "deepcopy":
         adapted = copy.deepcopy(unet)
     else:
         saved = [(p.detach().to("cpu", copy=True), p.grad.to("cpu", copy=True)) for p in unet.parameters()]
         for p in unet.parameters():
             p.grad = None
         adapted = unet
-    inner = attacker_optimizer(name, adapted.parameters(), lr)
+    if not carried:
+        inner = attacker_optimizer(name, adapted.parameters(), lr)
+        if carried is not None:
+            carried.update(unet=adapted, opt=inner)
     # the defender wants the *adapted* model to still refuse: the black loss at the adapted weights (after the
     # last inner step, or along the way with --nft_every), its gradient (first-order MAML) set aside in
     # `gained` and added to the defender's own gradient at the end (zero_grad sets .grad to None, so holding the
@@ -210,6 +226,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     bar = tqdm(range(start, cfg.steps), desc=f"UNet ({cfg.unet})", initial=start, total=cfg.steps)
+    carried = None  # --inner_persist: the simulated attacker's copy and optimizer, kept between outer steps
     step_seconds = []  # time in outer steps only (not checkpointing), for the inner loop's cost
     for step in bar:
         t0 = time.perf_counter()
@@ -233,7 +250,11 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             # (3) simulated fine-tuning: the attacker's own objective, K steps, sampled optimizer/lr; the black
             # loss after it, its gradient added to ours (on a copy, or in place and restored: --simulated_copy)
             attacker = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
-            l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g)
+            if cfg.inner_persist:  # one attacker goes on for inner_persist outer steps, then a new one starts
+                if carried is None or step % cfg.inner_persist == 0:
+                    carried, episode = {}, attacker  # from the defender's current weights
+                attacker = episode
+            l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g, carried)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()

@@ -167,6 +167,39 @@ def test_one_outer_step_changes_the_unet_and_nothing_else(world):
     assert json.loads(Path("runs/patronus/nft_config.json").read_text())["config"]["steps"] == 1
 
 
+def test_inner_persist_carries_the_attackers_copy_on(world):
+    """--inner_persist: the simulated attacker goes on from where the last outer step left it; the defender's
+    own weights only gain a gradient."""
+    from toy_sd import build_scheduler, encode_images
+
+    base = toy_sd.load_pipeline("runs/base")
+    unet = toy_sd.load_pipeline("runs/base").unet.train().requires_grad_(True)
+    for p in unet.parameters():
+        p.grad = torch.zeros_like(p)
+    before = state(unet)
+    z_u, c_u = nft_train.defender_data(base, "unsafe", 8, 0, torch.device("cpu"))
+    with torch.no_grad():
+        z_black = encode_images(base.vae, -torch.ones(1, 3, 32, 32))
+    g = torch.Generator().manual_seed(0)
+    draw = lambda n: torch.randint(n, (4,), generator=g)  # noqa: E731
+    cfg, carried, distance = tiny_nft(inner_persist=5), {}, []
+    for _ in range(2):
+        nft_train.simulated_fine_tuning(unet, build_scheduler("ddpm"), z_u, c_u, z_black, ("adam", 1e-3), draw, cfg,
+                                        g, carried)
+        copy_now = carried["unet"]
+        with torch.no_grad():
+            distance.append(sum(float((a - b).pow(2).sum()) for a, b in zip(copy_now.parameters(),
+                                                                              unet.parameters())))
+    assert carried["unet"] is copy_now and distance[1] > distance[0] > 0  # the same copy, further away
+    assert not changed(before, unet.state_dict())
+    with pytest.raises(ConfigError, match="needs --simulated_copy=deepcopy"):
+        parse(nft_train.NFTConfig, ["--inner_persist=10", "--simulated_copy=inplace"])
+    with pytest.raises(ConfigError, match="inner_persist must be 0"):
+        parse(nft_train.NFTConfig, ["--inner_persist=-1"])
+    nft_train.main(tiny_nft(steps=3, inner_persist=2, name="persist"))  # a new attacker at outer step 2
+    assert changed(before, toy_sd.load_pipeline("runs/persist").unet.state_dict())
+
+
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
     nft_train.main(tiny_nft(steps=3, name="straight"))
     straight = toy_sd.load_pipeline("runs/straight").unet.state_dict()
