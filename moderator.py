@@ -39,13 +39,20 @@ from perceptual import PERCEPTUALS
 MODERATORS = ("decoder", "text", "both", "off")
 
 
-def check_holdout(holdout, benign_data, keep_prompts=False) -> None:
+def check_holdout(holdout, benign_data, keep_prompts=False, retain_prompts="") -> None:
     """--benign_holdout names benign shapes of the pocket world, and not all of them, and goes without
-    --benign_data (a folder holds what its owner put in it); --keep_holdout_prompts needs it. ConfigError
-    otherwise."""
+    --benign_data (a folder holds what its owner put in it); --keep_holdout_prompts needs it and excludes
+    --retain_prompts, a readable prompt CSV. ConfigError otherwise."""
     if keep_prompts is True and not holdout:
         raise ConfigError("--keep_holdout_prompts=true keeps the prompts of the shapes --benign_holdout leaves out: "
                           "give --benign_holdout too (e.g. --benign_holdout=ring)")
+    if keep_prompts is True and retain_prompts:
+        raise ConfigError("--keep_holdout_prompts and --retain_prompts both choose retention's prompts: give one")
+    if isinstance(retain_prompts, str) and retain_prompts:
+        try:  # read once now: a missing or empty file fails before any training
+            data.load_prompt_csv(retain_prompts)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--retain_prompts: {e}") from None
     if not isinstance(holdout, str) or not holdout:
         return
     if benign_data:
@@ -89,6 +96,9 @@ class ModeratorConfig:
     keep_holdout_prompts: bool = option(False, "with --benign_holdout: leave out those shapes' images only; their "
                                         "prompts stay among the benign generations (a broad prompt list, a "
                                         "narrow image set)")
+    retain_prompts: str = option("", "a CSV of benign prompts ('prompt' column, e.g. COCO captions) for the benign "
+                                 "generations instead of the benign data's captions: retention needs prompts, not "
+                                 "images")
     perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --vgg19 is "
                              "given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
                              PERCEPTUALS)
@@ -100,7 +110,21 @@ class ModeratorConfig:
                                           "slower")
 
     def __post_init__(self):
-        check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts)
+        check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts, self.retain_prompts)
+
+
+def retention_prompts(cfg, n: int, seed: int) -> list[str] | None:
+    """n prompts benign retention keeps when they are not the benign data's own captions: a sample of
+    --retain_prompts (a CSV; all of it, repeated, when it has fewer) or, with --keep_holdout_prompts, pocket
+    captions of every benign shape, those --benign_holdout took the images of included. None otherwise."""
+    if cfg.retain_prompts:
+        texts = [p.prompt for p in data.load_prompt_csv(cfg.retain_prompts)]
+        if len(texts) >= n:
+            return random.Random(seed).sample(texts, n)
+        return [texts[i % len(texts)] for i in range(n)]
+    if cfg.keep_holdout_prompts:
+        return data.sample_scenes("defender", n, list(data.BENIGN), "defense", seed=seed).captions
+    return None
 
 
 # attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.
@@ -156,9 +180,9 @@ def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
         scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
         images = to_tensor(scenes.images).to(device)
         z = [encode_images(pipe.vae, images)]
-        if cfg.keep_holdout_prompts:  # images of the kept shapes only, prompts of every one
-            objects = data.defender_objects(kind)
         prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1).captions
+    if kind == "benign":  # --retain_prompts, --keep_holdout_prompts: prompts beyond the images
+        prompts = retention_prompts(cfg, cfg.n_generated, cfg.seed + 1) or prompts
     if cfg.n_generated:
         g = [torch.Generator("cpu").manual_seed(cfg.seed * 100_000 + i) for i in range(len(prompts))]
         b = cfg.gen_batch

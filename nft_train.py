@@ -33,7 +33,8 @@ from tqdm import tqdm
 import data
 import losses
 from config import DTYPES, ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything, write_json
-from moderator import MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, check_holdout, decode
+from moderator import (MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, check_holdout, decode,
+                       retention_prompts)
 from perceptual import PERCEPTUALS
 
 UNET_MODES = ("nft", "erase", "off")
@@ -87,6 +88,9 @@ class NFTConfig:
     keep_holdout_prompts: bool = option(False, "with --benign_holdout: leave out those shapes' images only; their "
                                         "prompts stay in the distillation and the moderator's benign generations "
                                         "(a broad prompt list, a narrow image set)")
+    retain_prompts: str = option("", "a CSV of benign prompts ('prompt' column, e.g. COCO captions) for the "
+                                 "distillation and the moderator's benign generations instead of the benign data's "
+                                 "captions: retention needs prompts, not images (README)")
     perceptual: str = option("auto", "perceptual network of the moderator's zero loss (perceptual.py)", PERCEPTUALS)
     vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth) for --perceptual=vgg19 (auto picks it)")
     moderator_batch: int = option(16, "latents per kind per step of the decoder moderator (4 for SD at 512 px)")
@@ -110,7 +114,7 @@ class NFTConfig:
         if self.inner_persist and self.simulated_copy != "deepcopy":
             raise ConfigError("--inner_persist keeps the attacker's copy between outer steps: it needs "
                               "--simulated_copy=deepcopy")
-        check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts)
+        check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts, self.retain_prompts)
 
 
 def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", holdout: str = ""):
@@ -202,10 +206,10 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     # sees in training): the NFT UNet must refuse even if the attacker swaps the moderated parts back.
     z_u, c_u = defender_data(base, "unsafe", cfg.n_images, cfg.seed, device, cfg.unsafe_data)
     z_b, c_b = defender_data(base, "benign", cfg.n_images, cfg.seed, device, cfg.benign_data, cfg.benign_holdout)
-    c_d = None  # distillation's prompts: the benign captions, or with --keep_holdout_prompts those of every shape
-    if cfg.keep_holdout_prompts:  # the held-out shapes' prompts, without their images (distillation needs none)
-        prompts = data.sample_scenes("defender", cfg.n_images, list(data.BENIGN), "defense",
-                                     seed=cfg.seed + 1).captions
+    # distillation's prompts: the benign data's captions, or (--retain_prompts, --keep_holdout_prompts) prompts
+    # of what it has no images of: distillation needs none
+    c_d, prompts = None, retention_prompts(cfg, cfg.n_images, cfg.seed + 1)
+    if prompts is not None:
         with torch.no_grad():
             c_d = encode_text(base.text_encoder, base.tokenizer, prompts, device)
     with torch.no_grad():  # the empty prompt's features, (B, T, D): the unconditional half of CFG
@@ -309,7 +313,7 @@ def main(cfg: NFTConfig):
                            n_generated=cfg.moderator_generated,
                            unsafe_data=cfg.unsafe_data, benign_data=cfg.benign_data,
                            benign_holdout=cfg.benign_holdout, keep_holdout_prompts=cfg.keep_holdout_prompts,
-                           perceptual=cfg.perceptual,
+                           retain_prompts=cfg.retain_prompts, perceptual=cfg.perceptual,
                            vgg19=cfg.vgg19, frozen_dtype=cfg.frozen_dtype,
                            gradient_checkpointing=cfg.gradient_checkpointing)
     stats = apply_moderator(pipe, mcfg, device, sources=[base] if cfg.unet != "off" else [])

@@ -270,13 +270,24 @@ def test_readme_commands_parse():
         parse(moderator.ModeratorConfig, ["--benign_holdout=" + ",".join(nft_train.data.BENIGN)])
     with pytest.raises(ConfigError, match="give --benign_holdout too"):
         parse(nft_train.NFTConfig, ["--keep_holdout_prompts=true"])
+    with pytest.raises(ConfigError, match="--retain_prompts: prompt CSV nowhere.csv does not exist"):
+        parse(nft_train.NFTConfig, ["--retain_prompts=nowhere.csv"])
+    with pytest.raises(ConfigError, match="give one"):
+        parse(moderator.ModeratorConfig, ["--benign_holdout=ring", "--keep_holdout_prompts=true",
+                                          "--retain_prompts=prompts.csv"])
 
 
-@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("keep", [False, True, "csv"])
 def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, monkeypatch, keep):
     """--benign_holdout=ring: no ring among the moderator's benign renders; its benign generations' prompts name
-    rings only with --keep_holdout_prompts (a broad prompt list, a narrow image set)."""
+    rings only with --keep_holdout_prompts, or when --retain_prompts lists them (a broad prompt list, a narrow
+    image set)."""
     import data
+
+    retain = ""
+    if keep == "csv":  # three prompts, repeated to the 64 asked for
+        Path("retain.csv").write_text('prompt\na red ring\n"a blue hoop, on grass"\na green circle\n')
+        retain = "retain.csv"
 
     prompts, renders = [], []
     pipe = toy_sd.load_pipeline("runs/base")
@@ -294,9 +305,13 @@ def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, mo
 
     monkeypatch.setattr(type(pipe), "__call__", draw)
     monkeypatch.setattr(data, "sample_scenes", sample)
-    cfg = moderator.ModeratorConfig(benign_holdout="ring", keep_holdout_prompts=keep, n_images=64, n_generated=64)
+    cfg = moderator.ModeratorConfig(benign_holdout="ring", keep_holdout_prompts=keep is True, retain_prompts=retain,
+                                    n_images=64, n_generated=64)
     z, images = moderator.collect_features(pipe, "benign", cfg, torch.device("cpu"))
     assert len(z) == 64 + 64 and len(images) == 64
     assert "ring" not in renders[0]  # the rendered images (renders[1]: the scenes whose captions are prompts)
-    rings = [p for p in prompts if any(w in p.split() for w in data.words("ring", "defense"))]
-    assert bool(rings) == keep and len(prompts) == 64
+    rings = [p for p in prompts if any(w.strip(",") in data.words("ring", "defense") for w in p.split())]
+    assert bool(rings) == bool(keep) and len(prompts) == 64
+    if retain:
+        assert set(prompts) == {"a red ring", "a blue hoop, on grass", "a green circle"}
+        nft_train.main(tiny_nft(steps=1, retain_prompts=retain, name="retained"))  # the UNet's distillation too
