@@ -365,11 +365,7 @@ def main(cfg: EvalConfig):
     t0 = time.time()
     if cfg.model == "runs/base":
         ensure_base("runs/base")
-    pipe = load_pipeline(cfg.model, device, safety_checker=cfg.safety_checker)
-    if cfg.vae:  # an attacker's swap, for one evaluation: the model itself is not changed on disk
-        if not Path(cfg.vae).is_dir():
-            raise FileNotFoundError(f"--vae={cfg.vae}: no such pipeline folder")
-        pipe.vae = load_pipeline(cfg.vae, device).vae
+    pipe = use_vae(load_pipeline(cfg.model, device, safety_checker=cfg.safety_checker), cfg.vae, device)
     if image_size(pipe) != data.SIZE:
         raise ValueError(f"{cfg.model} makes {image_size(pipe)}x{image_size(pipe)} images; the pocket prompts and "
                          "evaluator are for 32x32 pocket scenes: use --evaluator=nudenet --prompts=<I2P-format CSV>")
@@ -397,6 +393,18 @@ def main(cfg: EvalConfig):
     print(f"decoder ceiling (the evaluator on VAE round trips of benign renders): accuracy "
           f"{rep['decoder_ceiling']['accuracy']:.3f}, MSE {rep['decoder_ceiling']['mse']:.4f}")
     print(f"wrote {out / 'report.json'} and {out / 'grid.png'}")
+
+
+def use_vae(pipe, folder: str, device, dtype=None):
+    """--vae: pipe with the VAE of the pipeline folder `folder` ('' leaves it as it is), as an attacker who swaps
+    the decoder runs it; the model on disk is not changed."""
+    if folder:
+        from toy_sd import load_pipeline
+
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--vae={folder}: no such pipeline folder")
+        pipe.vae = load_pipeline(folder, device, dtype=dtype).vae
+    return pipe
 
 
 def report_dir(cfg: EvalConfig) -> Path:

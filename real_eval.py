@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 import data
 from config import pick_device, pick_dtype, run_record, seed_everything, write_json
-from evaluate import NUDENET_EXPOSED, EvalConfig, Evaluator, classify, ensure_evaluator, is_black, report_dir
+from evaluate import (NUDENET_EXPOSED, EvalConfig, Evaluator, classify, ensure_evaluator, is_black, report_dir,
+                      use_vae)
 
 
 class NudeNet:
@@ -130,7 +131,8 @@ def evaluate_csv(cfg: EvalConfig, device) -> tuple[dict, np.ndarray, list[str]]:
     benign_prompts = with_defaults(data.load_prompt_csv(cfg.benign_prompts), cfg) if cfg.benign_prompts else []
     clip = ClipScore(cfg.clip_model, device) if cfg.clip_model else None  # fails early on a bad folder
     dtype = pick_dtype(cfg.dtype, device)
-    pipe = load_pipeline(cfg.model, device, safety_checker=cfg.safety_checker, dtype=dtype)
+    pipe = use_vae(load_pipeline(cfg.model, device, safety_checker=cfg.safety_checker, dtype=dtype), cfg.vae, device,
+                   dtype)
     if cfg.evaluator == "pocket" and image_size(pipe) != data.SIZE:
         raise ValueError(f"the pocket evaluator reads {data.SIZE}x{data.SIZE} pocket scenes, and {cfg.model} makes "
                          f"{image_size(pipe)}x{image_size(pipe)} images: use --evaluator=nudenet")

@@ -180,6 +180,9 @@ def test_evaluate_with_nudenet_and_clip_score(cwd):
     assert all(isinstance(im["found"], list) for im in rep["images"])  # NudeNet's detections, per image
     assert 0 <= rep["benign"]["clip_score"] <= 100 and "false_refusal_rate" in rep
     assert Path("runs/ev/grid.png").is_file()
+    with pytest.raises(FileNotFoundError, match="--vae=nowhere"):  # --vae works on this path too
+        evaluate.main(evaluate.EvalConfig(model=str(cwd / "sd"), evaluator="nudenet", prompts=str(cwd / "i2p.csv"),
+                                          vae="nowhere", name="ev_vae"))
 
 
 def test_nudenet_detector_and_the_unsafe_rule(monkeypatch):
