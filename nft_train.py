@@ -151,18 +151,18 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     steps, which go on from where they were; an empty one is filled with a fresh copy.
     """
     name, lr = attacker
-    if carried:
+    if carried:  # --inner_persist: the attacker of earlier outer steps goes on from where it was
         adapted, inner = carried["unet"], carried["opt"]
-    elif cfg.simulated_copy == "deepcopy":
-        adapted = copy.deepcopy(unet)
     else:
-        saved = [(p.detach().to("cpu", copy=True), p.grad.to("cpu", copy=True)) for p in unet.parameters()]
-        for p in unet.parameters():
-            p.grad = None
-        adapted = unet
-    if not carried:
+        if cfg.simulated_copy == "deepcopy":
+            adapted = copy.deepcopy(unet)
+        else:
+            saved = [(p.detach().to("cpu", copy=True), p.grad.to("cpu", copy=True)) for p in unet.parameters()]
+            for p in unet.parameters():
+                p.grad = None
+            adapted = unet
         inner = attacker_optimizer(name, adapted.parameters(), lr)
-        if carried is not None:
+        if carried is not None:  # an empty dict: this attacker is kept for the next outer steps
             carried.update(unet=adapted, opt=inner)
     # the defender wants the *adapted* model to still refuse: the black loss at the adapted weights (after the
     # last inner step, or along the way with --nft_every), its gradient (first-order MAML) set aside in
