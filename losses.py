@@ -5,6 +5,7 @@ Images are (B, 3, H, W); "decoded" images are in [0, 1] (what the pipeline shows
 
     diffusion_loss          L_ND   = E_{t,eps} || target - f_theta(x_t, t, c) ||^2       (SD's own objective)
     black_loss              L_blk  = L_ND with x0 = z_black, the latent of the all-black image
+    ascent_loss             L_asc  = -log L_ND on unsafe pairs (SOPHON's suppression; nft_train --nft_loss)
     distillation_loss       L_dst  = E || f_theta(x_t, t, c) - f_theta0(x_t, t, c) ||^2 (benign prompts)
     esd_loss                L_esd  = E || f_theta(x_t, t, c) - [f0(x_t, t) - eta (f0(x_t, t, c) - f0(x_t, t))] ||^2
                                      (ESD's negative guidance, unsafe prompts; baselines.py)
@@ -59,6 +60,18 @@ def black_loss(unet, scheduler, z_black, cond, generator=None):
     z_black: (1, 4, h, w), broadcast over the batch of unsafe prompt features cond (B, T, D).
     """
     return diffusion_loss(unet, scheduler, z_black.expand(cond.shape[0], *z_black.shape[1:]), cond, generator)
+
+
+def ascent_loss(unet, scheduler, x0, cond, generator=None):
+    """L_asc (SOPHON's fine-tuning suppression for generators, bounded): -log of the diffusion loss on unsafe
+    pairs (x0 their latents, cond their prompts' features).
+
+    Minimised at the simulated attacker's adapted weights, it asks that fine-tuning on unsafe data leave the UNet
+    *bad* at denoising it, rather than (black_loss) still drawing black. SOPHON negates the MSE and clips the
+    gradient; the log is our bound: its gradient shrinks as 1 / L_ND, so the outer update cannot blow the
+    weights up chasing an ever larger error.
+    """
+    return -torch.log(diffusion_loss(unet, scheduler, x0, cond, generator))
 
 
 def distillation_loss(unet, unet0, scheduler, x0, cond, generator=None):

@@ -8,6 +8,8 @@ The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON):
                         the black loss at the adapted copy is what the defender minimises
   4. outer update       w_ret*(2) + w_sup*(1) + w_nft*(3); the gradient of (3), taken at the adapted copy,
                         is applied to the defender's own weights
+(`--nft_loss=ascent` swaps step 3's black loss for SOPHON's suppression: the adapted copy's own denoising loss
+on unsafe pairs is pushed up; experimental, measured in the README.)
 
 `python nft_train.py` with no arguments is the full reproduction: it builds the pocket base model and the
 evaluator if missing, trains the defence, evaluates base and defended models, attacks both with a short
@@ -38,6 +40,7 @@ from moderator import (MODERATORS, ModeratorConfig, apply_moderator, attacker_op
 from perceptual import PERCEPTUALS
 
 UNET_MODES = ("nft", "erase", "off")
+NFT_LOSSES = ("black", "ascent")
 # the simulated attacker: optimizers and learning rates sampled per outer step (over two decades, large included)
 INNER_ATTACKERS = [("sgd", 1e-2), ("sgd", 1e-3), ("adam", 1e-3), ("adam", 1e-4), ("adamw", 1e-3), ("adamw", 1e-4)]
 
@@ -64,6 +67,9 @@ class NFTConfig:
                           "2.4 points of benign accuracy; README, ablations)")
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (what classifier-free guidance subtracts)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
+    nft_loss: str = option("black", "step 3's loss at the adapted weights: black (Patronus: unsafe prompts still "
+                           "denoise toward black) or ascent (SOPHON: -log of the attacker's own diffusion loss on "
+                           "unsafe pairs, pushed up; experimental)", NFT_LOSSES)
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
     nft_every: int = option(0, "step 3's black loss after every this many inner steps and the last, averaged (the "
@@ -140,8 +146,9 @@ def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", 
 
 def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g,
                           carried: dict | None = None) -> torch.Tensor:
-    """Step (3): K steps of the attacker's objective from the defender's weights, then the black loss at the
-    adapted weights; its gradient is added to unet's .grad (first-order MAML). Returns that black loss.
+    """Step (3): K steps of the attacker's objective from the defender's weights, then the black loss (or, with
+    --nft_loss=ascent, SOPHON's) at the adapted weights; its gradient is added to unet's .grad (first-order
+    MAML). Returns that loss.
 
     deepcopy: the attacker adapts a copy, so a second trainable UNet and its gradients are in memory.
     inplace: the defender's weights and its gradient so far are set aside on the CPU (no autograd state), the
@@ -180,7 +187,9 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
             continue
         inner.zero_grad()
         for _ in range(cfg.grad_accum):
-            l_nft = losses.black_loss(adapted, sched, z_black, c_u[draw(len(z_u))], generator=g)
+            j = draw(len(z_u))
+            l_nft = (losses.black_loss(adapted, sched, z_black, c_u[j], generator=g) if cfg.nft_loss == "black"
+                     else losses.ascent_loss(adapted, sched, z_u[j], c_u[j], generator=g))
             (cfg.w_nft * l_nft / (cfg.grad_accum * len(checks))).backward()
         with torch.no_grad():
             gained = [q.grad if acc is None else acc.add_(q.grad) for acc, q in zip(gained, adapted.parameters())]

@@ -1,6 +1,8 @@
 """Each loss of losses.py against a value computed by hand on small tensors."""
 from types import SimpleNamespace
 
+import math
+
 import pytest
 import torch
 
@@ -64,6 +66,14 @@ def test_black_loss_is_the_diffusion_loss_toward_the_black_latent():
     g = torch.Generator().manual_seed(0)
     noise = torch.randn((3, 4, 2, 2), generator=g)
     assert a.item() == pytest.approx(((noise - 0.5) ** 2).mean().item(), rel=1e-6)
+
+
+def test_ascent_loss_is_minus_the_log_of_the_diffusion_loss():
+    sched = build_scheduler("ddpm")
+    x0, cond, unet = torch.randn(3, 4, 2, 2), torch.zeros(3, 5, 8), ConstUNet(torch.full((1,), 0.5))
+    a = losses.ascent_loss(unet, sched, x0, cond, generator=torch.Generator().manual_seed(0))
+    d = losses.diffusion_loss(unet, sched, x0, cond, generator=torch.Generator().manual_seed(0))
+    assert a.item() == pytest.approx(-math.log(d.item()), rel=1e-6)
 
 
 def test_distillation_loss():

@@ -200,6 +200,16 @@ def test_inner_persist_carries_the_attackers_copy_on(world):
     assert changed(before, toy_sd.load_pipeline("runs/persist").unet.state_dict())
 
 
+def test_nft_loss_ascent_trains_a_different_unet(world):
+    """--nft_loss=ascent (SOPHON's suppression in step 3) runs and changes what step 3 teaches."""
+    nft_train.main(tiny_nft(steps=1, name="black"))
+    nft_train.main(tiny_nft(steps=1, name="ascent", nft_loss="ascent"))
+    black, ascent = (toy_sd.load_pipeline(f"runs/{n}").unet.state_dict() for n in ("black", "ascent"))
+    assert changed(black, ascent)
+    with pytest.raises(ConfigError, match="nft_loss"):
+        parse(nft_train.NFTConfig, ["--nft_loss=maximise"])
+
+
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
     nft_train.main(tiny_nft(steps=3, name="straight"))
     straight = toy_sd.load_pipeline("runs/straight").unet.state_dict()
