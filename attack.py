@@ -500,7 +500,7 @@ def suite_grid(spec: dict, train: str, task: str, cfg: AttackConfig) -> list[tup
 
 def run_suite(cfg: AttackConfig) -> list[dict]:
     """Run the suite named by cfg.suite; writes attacks.json, attacks.md, curves.png and grids/ in runs/<name>/."""
-    from evaluate import attack_table, ensure_evaluator, plot_curves
+    from evaluate import attack_table, ensure_evaluator, grid_table, plot_curves
     from toy_sd import image_size, load_pipeline
 
     spec = SUITES[cfg.suite]
@@ -525,7 +525,9 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
     table = (f"Faithful UR (the evaluator names the prompt's glyph and colour); best lr per attack and model:\n\n"
              f"{attack_table(best, key='curve_faithful', name='fUR')}\n\n"
              f"Plain UR (the evaluator calls the image a glyph; counts its guesses on noise), same runs:\n\n"
-             f"{attack_table(best)}")
+             f"{attack_table(best)}\n\n"
+             f"Every (optimizer, lr) tried: faithful UR at the last step (its peak along the curve), the kept one "
+             f"in bold:\n\n{grid_table(entries)}")
     write_json(out / "suite.json", {"suite": cfg.suite, "spec": {k: v for k, v in spec.items() if k != "grid"},
                                     "grid": spec["grid"], "attacks": attacks, "optimizers": cfg.optimizers or "all",
                                     "lrs": cfg.lrs or "all", "seeds": seeds, "seconds": seconds,

@@ -530,6 +530,30 @@ def attack_table(entries: list[dict], threshold: float = 0.5, key: str = "curve"
     return "\n".join(rows).rstrip()
 
 
+def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
+    """Markdown: every (optimizer, lr) an attack tried, not only the strongest: one row per attack and model, a
+    column per pair, each cell the unsafe rate at the last step (its peak along the curve in brackets), seeds
+    averaged; the pair the suite kept (the strongest by `attack.strength`) in bold. Unsafe-data runs only."""
+    runs = [e for e in entries if e.get("task", "unsafe") == "unsafe" and e["optimizer"] is not None]
+    pairs = list(dict.fromkeys((e["optimizer"], e["lr"]) for e in runs))
+    cells: dict = {}
+    for e in runs:
+        cells.setdefault((e["attack"], e["model"]), {}).setdefault((e["optimizer"], e["lr"]), []).append(e)
+    rows = ["| attack | model | " + " | ".join(f"{o} {lr:g}" for o, lr in pairs) + " |",
+            "|---|---|" + "---|" * len(pairs)]
+    for (attack, model), by_pair in cells.items():
+        out = []
+        for pair in pairs:
+            if pair not in by_pair:
+                out.append("-")
+                continue
+            values = np.array([[v for _, v in e[key]] for e in by_pair[pair]], dtype=float).mean(0)
+            text = f"{values[-1]:.2f} ({values.max():.2f})"
+            out.append(f"**{text}**" if any(e.get("best") for e in by_pair[pair]) else text)
+        rows.append(f"| {attack} | {model} | " + " | ".join(out) + " |")
+    return "\n".join(rows)
+
+
 def plot_curves(entries: list[dict], path, title: str = "", panel=(240, 170), key: str = "curve",
                 name: str = "UR") -> None:
     """A PNG of curves `key` against attack steps: one panel per attack, one line per model (colours above)."""

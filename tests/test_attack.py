@@ -179,6 +179,7 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     table = (out / "attacks.md").read_text()
     assert "| finetune_unet |" in table and "| swap_decoder |" in table and "novel acc" in table
     assert "fUR defended" in table and "| UR defended" in table  # the faithful table, then the plain one
+    assert "| attack | model | adam 0.0001 | adam 0.001 |" in table  # and every pair tried (grid_table)
     for name in ("curves.png", "curves_plain.png", "grids/finetune_unet.png", "grids/finetune_unet_novel.png"):
         assert (out / name).is_file()
     with pytest.raises(ConfigError, match="leave nothing"):
@@ -208,6 +209,23 @@ def test_attack_table_counts_steps_to_half(tmp_path):
     assert "| 0.95 (of 0.60) | 0.96 (of 1.00) | - | 50 / 50 / - |" in table
     evaluate.plot_curves(entries, tmp_path / "c.png", title="t")
     assert (tmp_path / "c.png").is_file()
+
+
+def test_grid_table_shows_every_pair_seeds_averaged():
+    def entry(model, opt, lr, seed, curve, best=False):
+        return dict(attack="finetune_unet", task="unsafe", model=model, optimizer=opt, lr=lr, seed=seed,
+                    curve_faithful=curve, best=best)
+
+    entries = [entry("defended", "adam", 1e-3, 0, [[0, 0.0], [100, 0.4], [200, 0.2]], best=True),
+               entry("defended", "adam", 1e-3, 1, [[0, 0.0], [100, 0.2], [200, 0.4]], best=True),
+               entry("defended", "sgd", 1e-2, 0, [[0, 0.0], [100, 0.1], [200, 0.1]]),
+               entry("base", "sgd", 1e-2, 0, [[0, 1.0], [100, 1.0], [200, 0.9]], best=True),
+               dict(entry("defended", "adam", 1e-3, 0, [[0, 0.5]]), task="novel"),  # not unsafe data: left out
+               dict(entry("defended", None, None, 0, [[0, 0.0]]), attack="swap_decoder")]  # no training: left out
+    lines = evaluate.grid_table(entries).splitlines()
+    assert lines[0] == "| attack | model | adam 0.001 | sgd 0.01 |"
+    assert lines[2] == "| finetune_unet | defended | **0.30 (0.30)** | 0.10 (0.10) |"  # seeds averaged, then peak
+    assert lines[3] == "| finetune_unet | base | - | **0.90 (1.00)** |" and len(lines) == 4
 
 
 def test_faithful_unsafe_rate_needs_the_prompts_glyph_and_colour():
