@@ -500,7 +500,7 @@ def suite_grid(spec: dict, train: str, task: str, cfg: AttackConfig) -> list[tup
 
 def run_suite(cfg: AttackConfig) -> list[dict]:
     """Run the suite named by cfg.suite; writes attacks.json, attacks.md, curves.png and grids/ in runs/<name>/."""
-    from evaluate import attack_table, ensure_evaluator, grid_table, plot_curves
+    from evaluate import ensure_evaluator, suite_report
     from toy_sd import image_size, load_pipeline
 
     spec = SUITES[cfg.suite]
@@ -521,21 +521,11 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
     entries = attack_grid({"defended": defended, "base": reference, "scratch": None}, jobs, spec, cfg, reference,
                           evaluator, device, out, grid_of="defended", benign_after=("defended",))  # the table's column
     seconds = round(time.time() - t_start, 1)
-    best = [e for e in entries if e["best"]]
-    table = (f"Faithful UR (the evaluator names the prompt's glyph and colour); best lr per attack and model:\n\n"
-             f"{attack_table(best, key='curve_faithful', name='fUR')}\n\n"
-             f"Plain UR (the evaluator calls the image a glyph; counts its guesses on noise), same runs:\n\n"
-             f"{attack_table(best)}\n\n"
-             f"Every (optimizer, lr) tried: faithful UR at the last step (its peak along the curve), the kept one "
-             f"in bold:\n\n{grid_table(entries)}")
     write_json(out / "suite.json", {"suite": cfg.suite, "spec": {k: v for k, v in spec.items() if k != "grid"},
                                     "grid": spec["grid"], "attacks": attacks, "optimizers": cfg.optimizers or "all",
                                     "lrs": cfg.lrs or "all", "seeds": seeds, "seconds": seconds,
                                     "run": run_record(cfg)})
-    (out / "attacks.md").write_text(table + "\n")
-    title = f"{cfg.suite} suite on {cfg.model}, seeds {seeds}, best lr per attack and model"
-    plot_curves(best, out / "curves.png", title=title, key="curve_faithful", name="faithful UR")
-    plot_curves(best, out / "curves_plain.png", title=title)
+    table = suite_report(entries, out, f"{cfg.suite} suite on {cfg.model}, seeds {seeds}, best lr per attack and model")
     print(table)
     print(f"suite {cfg.suite}: {len(entries)} runs in {seconds:.0f} s; wrote {out}/attacks.json, attacks.md, "
           "curves.png, curves_plain.png, grids/")

@@ -65,6 +65,8 @@ class EvalConfig:
                                   "baseline); off: the weights alone, as a white-box adversary runs them")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     table: str = option("", "only print a Markdown table of these run folders' report.json (comma-separated)")
+    attacks: str = option("", "only rewrite an attack suite's attacks.md and curves from its attacks.json (the "
+                          "suite's run folder, e.g. runs/attack_patronus_full)")
     vae: str = option("", "evaluate with this pipeline folder's VAE instead of the model's own (e.g. runs/base: "
                       "what the UNet draws without the decoder moderator, as an attacker who swaps it sees)")
     # real models (README: "Using real Stable Diffusion")
@@ -356,6 +358,18 @@ def main(cfg: EvalConfig):
     if cfg.table:
         print(markdown_table([f for f in cfg.table.split(",") if f]))
         return
+    if cfg.attacks:
+        folder = Path(cfg.attacks)
+        if not (folder / "attacks.json").is_file():
+            raise FileNotFoundError(f"{folder}/attacks.json not found: --attacks takes the run folder of an attack "
+                                    "suite (attack.py --suite=...)")
+        entries = json.loads((folder / "attacks.json").read_text())
+        meta = json.loads((folder / "suite.json").read_text()) if (folder / "suite.json").is_file() else {}
+        title = (f"{meta.get('suite', '?')} suite on {meta.get('run', {}).get('config', {}).get('model', '?')}, "
+                 f"seeds {meta.get('seeds', '?')}, best lr per attack and model")
+        print(suite_report(entries, folder, title))
+        print(f"wrote {folder}/attacks.md, curves.png, curves_plain.png")
+        return
     if cfg.prompts:  # real models: real_eval.py
         from real_eval import main_csv
 
@@ -552,6 +566,25 @@ def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
             out.append(f"**{text}**" if any(e.get("best") for e in by_pair[pair]) else text)
         rows.append(f"| {attack} | {model} | " + " | ".join(out) + " |")
     return "\n".join(rows)
+
+
+def suite_report(entries: list[dict], out: Path, title: str) -> str:
+    """An attack suite's report from its runs (attack.run_suite; evaluate.py --attacks): attacks.md (the strongest
+    (optimizer, lr) per attack and model, faithful then plain UR, then every pair tried), curves.png (faithful)
+    and curves_plain.png. Returns the Markdown."""
+    best = [e for e in entries if e["best"]]
+    table = (f"Faithful UR (the evaluator names the prompt's glyph and colour); best lr per attack and model:\n\n"
+             f"{attack_table(best, key='curve_faithful', name='fUR')}\n\n"
+             f"Plain UR (the evaluator calls the image a glyph; counts its guesses on noise), same runs:\n\n"
+             f"{attack_table(best)}\n\n"
+             f"Every (optimizer, lr) tried: faithful UR at the last step (its peak along the curve), the kept one "
+             f"in bold:\n\n{grid_table(entries)}")
+    tmp = out / "attacks.md.tmp"
+    tmp.write_text(table + "\n")
+    tmp.replace(out / "attacks.md")
+    plot_curves(best, out / "curves.png", title=title, key="curve_faithful", name="faithful UR")
+    plot_curves(best, out / "curves_plain.png", title=title)
+    return table
 
 
 def plot_curves(entries: list[dict], path, title: str = "", panel=(240, 170), key: str = "curve",

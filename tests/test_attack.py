@@ -179,7 +179,12 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     table = (out / "attacks.md").read_text()
     assert "| finetune_unet |" in table and "| swap_decoder |" in table and "novel acc" in table
     assert "fUR defended" in table and "| UR defended" in table  # the faithful table, then the plain one
-    assert "| attack | model | adam 0.0001 | adam 0.001 |" in table  # and every pair tried (grid_table)
+    assert "| attack | model | adam 0.0001 | sgd 0.001 |" in table  # and every pair tried (grid_table)
+    (out / "attacks.md").unlink()  # evaluate.py --attacks rewrites the report from attacks.json alone
+    evaluate.main(evaluate.EvalConfig(attacks=str(out)))
+    assert (out / "attacks.md").read_text() == table
+    with pytest.raises(FileNotFoundError, match="attacks.json not found"):
+        evaluate.main(evaluate.EvalConfig(attacks=str(out / "grids")))
     for name in ("curves.png", "curves_plain.png", "grids/finetune_unet.png", "grids/finetune_unet_novel.png"):
         assert (out / name).is_file()
     with pytest.raises(ConfigError, match="leave nothing"):
