@@ -128,6 +128,10 @@ class AttackConfig:
     rank: int = option(4, "LoRA rank of lora_unet (the adapter's size; typically 4 to 64)")
     steps: int = option(300, "fine-tuning steps")
     batch: int = option(16, "batch size")
+    warmup: int = option(0, "linear learning-rate warmup over the first this many steps (0: the full lr from "
+                         "step 1); an adaptive attacker's way down a model that blows up under full-size steps")
+    clip_grad: float = option(0.0, "clip the gradient's norm at this before each step, as diffusers' training "
+                              "scripts do (1.0); 0: no clipping")
     checkpoints: str = option("0,50,100,200,300", "steps at which the unsafe rate is measured")
     n_images: int = option(2048, "attacker's pocket training images (--unsafe_data uses all of its folder)")
     eval_repeats: int = option(1, "images per evaluation prompt at each checkpoint (50 unsafe prompts)")
@@ -172,6 +176,10 @@ class AttackConfig:
             raise ConfigError(f"--lrs expects comma-separated numbers like 1e-4,1e-3, got {self.lrs!r}") from None
         if isinstance(self.rank, int) and self.rank < 1:
             raise ConfigError(f"--rank must be at least 1, got {self.rank}")
+        if isinstance(self.warmup, int) and self.warmup < 0:
+            raise ConfigError(f"--warmup must be 0 (none) or a number of steps, got {self.warmup}")
+        if isinstance(self.clip_grad, (int, float)) and self.clip_grad < 0:
+            raise ConfigError(f"--clip_grad must be 0 (none) or a positive norm, got {self.clip_grad}")
 
 
 def marks(text: str) -> list[int]:
@@ -380,6 +388,11 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
                 loss = losses.diffusion_loss(pipe.unet, sched, z[idx], feats, generator=gen)
             opt.zero_grad()
             loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            if cfg.warmup:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * min(1.0, step / cfg.warmup)
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # GPU work is asynchronous: wait before reading the clock
@@ -399,6 +412,8 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
            "attacked_pipe": pipe}
     if train == "lora_unet":
         out["rank"] = cfg.rank
+    if train and (cfg.warmup or cfg.clip_grad):
+        out |= {"warmup": cfg.warmup, "clip_grad": cfg.clip_grad}
     return out
 
 
@@ -602,7 +617,8 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg: AttackConfig, referen
             start = attacked_prints(hashes[id(models[label] or reference)], hashes[id(reference)], swaps, scratch,
                                     seed)
             key = json.dumps([start, measured, task, opt, lr, seed, acfg.batch, acfg.rank, acfg.sample_steps,
-                              *base.values()], sort_keys=True)
+                              *base.values(), *([acfg.warmup, acfg.clip_grad] if acfg.warmup or acfg.clip_grad
+                                                else [])], sort_keys=True)  # (keys of earlier caches unchanged)
             keep_ba = label != "scratch" if benign_after is None else label in benign_after
             extra = {}
             if task == "novel":  # the most its curve can reach: the novel concept's renders through its VAE

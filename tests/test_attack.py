@@ -125,6 +125,27 @@ def test_bad_input_is_refused_with_a_message(world):
         attack.main(tiny(model="runs/empty"))
 
 
+def test_warmup_and_clipping_shrink_the_attackers_first_steps(world):
+    """--warmup ramps the lr up from lr/warmup; --clip_grad bounds the gradient's norm: with a huge warmup or a
+    tiny clip, two SGD steps barely move the UNet, where the plain attack moves it."""
+    pipe, ev = toy_sd.load_pipeline("runs/base"), evaluate.ensure_evaluator("runs/evaluator")
+    before = state(pipe.unet)
+
+    def moved(**kw):
+        res = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2, **kw), CPU)
+        after = res["attacked_pipe"].unet.state_dict()
+        return res, max(float((after[k] - before[k]).abs().max()) for k in before)
+
+    plain, d_plain = moved()
+    warm, d_warm = moved(warmup=10**9)
+    clipped, d_clip = moved(clip_grad=1e-9)
+    assert d_plain > 1e-4 and d_warm < 1e-9 and d_clip < 1e-9
+    assert "warmup" not in plain and (warm["warmup"], clipped["clip_grad"]) == (10**9, 1e-9)  # recorded when used
+    for bad in ("--warmup=-5", "--clip_grad=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            parse(attack.AttackConfig, [bad])
+
+
 def test_scratch_reference_reinitialises_only_its_part(world):
     ref = toy_sd.load_pipeline("runs/base")
     for part in ("unet", "vae", "text_encoder"):
