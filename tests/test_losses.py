@@ -1,7 +1,6 @@
 """Each loss of losses.py against a value computed by hand on small tensors."""
-from types import SimpleNamespace
-
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
