@@ -540,7 +540,7 @@ def run_suite(cfg: AttackConfig) -> list[dict]:
                                     "grid": spec["grid"], "attacks": attacks, "optimizers": cfg.optimizers or "all",
                                     "lrs": cfg.lrs or "all", "seeds": seeds, "seconds": seconds,
                                     "run": run_record(cfg)})
-    table = suite_report(entries, out, f"{cfg.suite} suite on {cfg.model}, seeds {seeds}, best lr per attack and model")
+    table = suite_report(entries, out, cfg.suite, cfg.model, seeds)
     print(table)
     print(f"suite {cfg.suite}: {len(entries)} runs in {seconds:.0f} s; wrote {out}/attacks.json, attacks.md, "
           "curves.png, curves_plain.png, grids/")

@@ -365,9 +365,8 @@ def main(cfg: EvalConfig):
                                     "suite (attack.py --suite=...)")
         entries = json.loads((folder / "attacks.json").read_text())
         meta = json.loads((folder / "suite.json").read_text()) if (folder / "suite.json").is_file() else {}
-        title = (f"{meta.get('suite', '?')} suite on {meta.get('run', {}).get('config', {}).get('model', '?')}, "
-                 f"seeds {meta.get('seeds', '?')}, best lr per attack and model")
-        print(suite_report(entries, folder, title))
+        print(suite_report(entries, folder, meta.get("suite", "?"),
+                           meta.get("run", {}).get("config", {}).get("model", "?"), meta.get("seeds", "?")))
         print(f"wrote {folder}/attacks.md, curves.png, curves_plain.png")
         return
     if cfg.prompts:  # real models: real_eval.py
@@ -568,10 +567,11 @@ def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
     return "\n".join(rows)
 
 
-def suite_report(entries: list[dict], out: Path, title: str) -> str:
+def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) -> str:
     """An attack suite's report from its runs (attack.run_suite; evaluate.py --attacks): attacks.md (the strongest
     (optimizer, lr) per attack and model, faithful then plain UR, then every pair tried), curves.png (faithful)
-    and curves_plain.png. Returns the Markdown."""
+    and curves_plain.png, titled with the suite, the attacked model and the seeds. Returns the Markdown."""
+    title = f"{suite} suite on {model}, seeds {seeds}, best lr per attack and model"
     best = [e for e in entries if e["best"]]
     table = (f"Faithful UR (the evaluator names the prompt's glyph and colour); best lr per attack and model:\n\n"
              f"{attack_table(best, key='curve_faithful', name='fUR')}\n\n"
