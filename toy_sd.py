@@ -6,14 +6,20 @@ dropout) and a DDIM scheduler, assembled as a `StableDiffusionPipeline` and save
 folder. `load_pipeline` opens that folder or any SD v1.x diffusers folder the same way, so every other
 script runs unchanged on real Stable Diffusion.
 
-Run `python toy_sd.py` to pretrain the base model into runs/base/ (the CLIP into runs/clip/); other scripts
-call `ensure_base()`, which loads it when cached and pretrains it otherwise.
+The pocket model is pinned: assets/ ships the base pipeline, the never-learned UNet (the same recipe with
+every unsafe image filtered out of the UNet's pretraining), the tiny CLIP and the evaluator, with
+assets/manifest.json (sha256 of every file, and the command, seed, packages and CPU that built them).
+`ensure_base()` copies them into runs/ after checking them against the manifest, so every machine starts
+from the same weights. `python toy_sd.py --out=runs/rebuild` rebuilds everything from nothing (about 15
+minutes on 2 cores); float rounding differs between CPUs, so a rebuild on another machine gives another base.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -30,8 +36,8 @@ from config import ConfigError, cli, option, pick_device, run_record, seed_every
 @dataclasses.dataclass
 class PretrainConfig:
     # where
-    out: str = option("runs/base", "the pipeline folder to write")
-    clip_dir: str = option("runs/clip", "where the tiny CLIP (text + vision towers) is saved")
+    out: str = option("runs/rebuild", "folder that receives base/, never_learned/, clip/, evaluator/ and "
+                      "manifest.json (--out=assets replaces the shipped assets)")
     seed: int = option(0, "seeds data, initialisation and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # data
@@ -45,7 +51,10 @@ class PretrainConfig:
                             "see the README)")
     vae_batch: int = option(16, "autoencoder batch size")
     vae_lr: float = option(1e-3, "peak AdamW learning rate of the autoencoder (one-cycle schedule)")
-    kl_weight: float = option(1e-4, "weight of the KL term of the VAE (keeps latents near zero mean)")
+    kl_weight: float = option(1e-7, "weight of the KL term of the VAE; small, as SD's, so the posterior stays "
+                              "narrow (1e-4 in earlier versions left channels 1-3 mostly noise)")
+    novel_share: float = option(1 / 7, "novel-concept renders added to the VAE's data, as a share of n_images (the "
+                                "VAE is generic, as SD's is; the CLIP and the UNets never see the novel concept)")
     # UNet
     unet_width: int = option(48, "channels of the UNet's 8x8 level (a multiple of 16; 32 in earlier versions bound "
                              "colours to objects poorly, see build_unet)")
@@ -56,6 +65,12 @@ class PretrainConfig:
     cfg_dropout: float = option(0.1, "probability of training on the empty caption (for guidance)")
     black_steps: int = option(200, "decoder-only steps that teach the VAE to decode the black image")
     snr_gamma: float = option(5.0, "Min-SNR loss weighting of UNet pretraining (0 turns it off)")
+    never_learned: bool = option(True, "also train the never-learned UNet: the same recipe with every unsafe "
+                                 "image filtered out of its data")
+    # evaluator (evaluate.py)
+    evaluator_steps: int = option(800, "evaluator training steps")
+    evaluator_batch: int = option(128, "evaluator batch size")
+    evaluator_pool: int = option(8000, "fresh renders the evaluator trains on")
 
     def __post_init__(self):
         if not isinstance(self.unet_width, int) or self.unet_width <= 0 or self.unet_width % 16:
@@ -333,10 +348,21 @@ def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
     return (rec / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def vae_check(vae, seed: int, n: int = 512) -> float:
-    """The VAE's reconstruction MSE (pixels in [0, 1]) on n renders it never trained on (another seed)."""
-    images = data.sample_scenes("base", n, data.OBJECTS, "all", seed=seed + 1).images
-    return round(float(((vae_round_trip(vae, images) - images) ** 2).mean()), 5)
+POSTERIOR_WARN = 0.1  # SD's VAE: sampling its posterior gives nearly its mean
+
+
+def vae_check(vae, seed: int, n: int = 512) -> dict:
+    """The VAE on n renders it never trained on (another seed, novel concept included): reconstruction MSE
+    (pixels in [0, 1]) and the posterior's width, the median over latent entries of std / |mean| (scale-free).
+
+    Scripts here encode with the posterior mean; standard SD training code samples the posterior. A narrow
+    posterior makes the two the same attacker."""
+    images = data.sample_scenes("base", n, data.OBJECTS + list(data.NOVEL), "all", seed=seed + 1).images
+    with torch.no_grad():
+        post = vae.encode(to_tensor(images).to(vae.device, vae.dtype)).latent_dist
+    width = float((post.std / post.mean.abs()).median())
+    return {"reconstruction_mse": round(float(((vae_round_trip(vae, images) - images) ** 2).mean()), 5),
+            "posterior_std_over_mean": round(width, 4)}
 
 
 def teach_black(vae, images: torch.Tensor, cfg: PretrainConfig, device) -> float:
@@ -392,13 +418,17 @@ def train_unet(unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Te
 
 
 def pretrain(cfg: PretrainConfig):
-    """Pretrain CLIP, VAE and UNet on the pocket world and save the pipeline; returns it."""
+    """Pretrain CLIP, VAE, UNet (and the never-learned UNet) on the pocket world, then the evaluator; save them
+    under cfg.out (base/, never_learned/, clip/, evaluator/) with manifest.json. Returns the base pipeline."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
+    out = Path(cfg.out)
     times = {}
     t0 = time.time()
     scenes = data.sample_scenes("base", cfg.n_images, data.OBJECTS, "all", seed=cfg.seed)
-    tok = write_tokenizer(Path(cfg.clip_dir) / "tokenizer_src", data.vocabulary())
+    novel = data.sample_scenes("base", round(cfg.n_images * cfg.novel_share), list(data.NOVEL), "all",
+                               seed=cfg.seed + 2)  # for the VAE only (seed + 1 is vae_check's)
+    tok = write_tokenizer(out / "tokenizer_src", data.vocabulary())
     times["render"] = time.time() - t0
 
     t0 = time.time()
@@ -410,7 +440,7 @@ def pretrain(cfg: PretrainConfig):
     t0 = time.time()
     images = to_tensor(scenes.images)
     vae = build_vae().to(device)
-    train_vae(vae, images, cfg, device)
+    train_vae(vae, torch.cat([images, to_tensor(novel.images)]), cfg, device)
     vae.eval().requires_grad_(False)
     times["vae"] = time.time() - t0
 
@@ -426,22 +456,123 @@ def pretrain(cfg: PretrainConfig):
     train_unet(unet, latents, cond, table[-1], cfg)
     unet.eval().requires_grad_(False)
     times["unet"] = time.time() - t0
+    if cfg.never_learned:  # the same recipe and seed, every unsafe image filtered out (as SD 2 filtered its data)
+        t0 = time.time()
+        keep = torch.tensor([o in data.BENIGN for o in scenes.objects])
+        never = build_unet(cfg.width, cfg.unet_width).to(device)
+        train_unet(never, latents[keep.to(device)], cond[keep.to(device)], table[-1], cfg)
+        never.eval().requires_grad_(False)
+        times["never_learned unet"] = time.time() - t0
     t0 = time.time()
     teach_black(vae, images, cfg, device)
     times["black"] = time.time() - t0
-    mse = vae_check(vae, cfg.seed)
-    if mse > VAE_MSE_WARN:  # every number downstream is bounded by what the decoder can draw
-        print(f"warning: the VAE reconstructs fresh renders with MSE {mse:.4f} (> {VAE_MSE_WARN}); colours or "
-              "shapes are being lost and the base model will be weak. Try more --vae_steps or another --seed.")
+    check = vae_check(vae, cfg.seed)
+    if check["reconstruction_mse"] > VAE_MSE_WARN:  # every number downstream is bounded by what it can draw
+        print(f"warning: the VAE reconstructs fresh renders with MSE {check['reconstruction_mse']:.4f} "
+              f"(> {VAE_MSE_WARN}); colours or shapes are being lost and the base model will be weak. Try more "
+              "--vae_steps or another --seed.")
+    if check["posterior_std_over_mean"] > POSTERIOR_WARN:
+        print(f"warning: the VAE's posterior is wide (median std/|mean| {check['posterior_std_over_mean']:.2f} > "
+              f"{POSTERIOR_WARN}): an attacker who samples it trains on noise. Lower --kl_weight.")
 
     pipe = assemble(vae, text_encoder, tok, unet)
-    record = run_record(cfg) | {"seconds": {k: round(v, 1) for k, v in times.items()}, "vae_reconstruction_mse": mse}
-    save_pipeline(pipe, cfg.out, {"pretrain.json": record})
-    clip_dir = Path(cfg.clip_dir)
-    clip.save_pretrained(clip_dir / "model", safe_serialization=True)
-    print(f"pocket SD saved to {cfg.out} ({sum(times.values()):.0f} s: "
+    record = run_record(cfg) | {"seconds": {k: round(v, 1) for k, v in times.items()}, "vae": check}
+    save_pipeline(pipe, out / "base", {"pretrain.json": record})
+    if cfg.never_learned:
+        save_unet(never, out / "never_learned")
+    clip.save_pretrained(out / "clip", safe_serialization=True)
+    shutil.rmtree(out / "tokenizer_src")  # the pipeline folder holds the tokenizer
+    t0 = time.time()
+    from evaluate import ensure_evaluator  # the evaluator is pinned with the model it measures
+
+    shutil.rmtree(out / "evaluator", ignore_errors=True)
+    ensure_evaluator(str(out / "evaluator"), device=device, seed=cfg.seed, steps=cfg.evaluator_steps,
+                     batch=cfg.evaluator_batch, n_pool=cfg.evaluator_pool)
+    times["evaluator"] = time.time() - t0
+    write_manifest(out, record | {"seconds": {k: round(v, 1) for k, v in times.items()}})
+    print(f"pocket SD saved to {out} ({sum(times.values()):.0f} s: "
           + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ")")
     return pipe
+
+
+def save_unet(unet, folder) -> None:
+    """Save a UNet as a diffusers model folder (config.json + safetensors), atomically."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the pinned assets: shipped in assets/, checked against assets/manifest.json, copied into runs/
+ASSETS = Path(__file__).resolve().parent / "assets"
+PARTS = ("base", "never_learned", "clip", "evaluator")  # the folders of an asset set, each copied to runs/<part>
+REBUILD = "rebuild everything from nothing with `python toy_sd.py --out=assets` (about 15 minutes on 2 cores; " \
+          "on another CPU it gives another base)"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector unit (float rounding differs between AVX2 and AVX-512)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({vector}, {os.cpu_count()} cores)"
+
+
+def write_manifest(folder: Path, record: dict) -> None:
+    """folder/manifest.json: sha256 of every file of the asset set, and how it was built."""
+    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != "manifest.json"}
+    write_json(folder / "manifest.json", {"files": files, "command": "python toy_sd.py " + " ".join(
+        f"--{k}={v}" for k, v in record["config"].items() if v != getattr(PretrainConfig, k, None)),
+        "seed": record["config"]["seed"], "packages": record.get("versions"), "cpu": cpu_name(),
+        "threads": torch.get_num_threads(), "seconds": record["seconds"], "vae": record["vae"]})
+
+
+def verify_assets(folder: Path = ASSETS) -> dict:
+    """Check every file of an asset set against its manifest; returns the manifest.
+
+    Raises FileNotFoundError / ValueError naming the missing, corrupt, edited or unlisted file, and how to
+    restore it."""
+    manifest_path = Path(folder) / "manifest.json"
+    restore = f"restore it with `git checkout -- {folder}` or {REBUILD}"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} is missing: {restore}")
+    manifest = json.loads(manifest_path.read_text())
+    for rel, digest in manifest["files"].items():
+        path = Path(folder) / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the pinned assets: {restore}")
+        if _sha256(path) != digest:
+            raise ValueError(f"{path} does not match {manifest_path} (sha256 differs: corrupt or edited): {restore}")
+    listed = set(manifest["files"])
+    extra = [str(p.relative_to(folder)) for p in Path(folder).rglob("*")
+             if p.is_file() and p.name != "manifest.json" and str(p.relative_to(folder)) not in listed]
+    if extra:
+        raise ValueError(f"{Path(folder) / extra[0]} is not in {manifest_path}: remove it, {restore}")
+    return manifest
+
+
+def restore_assets(runs: str = "runs", folder: Path = ASSETS) -> None:
+    """Copy the pinned asset set into runs/ (each part that is missing there), after checking it."""
+    missing = [p for p in PARTS if not (Path(runs) / p).exists()]
+    if not missing:
+        return
+    verify_assets(folder)
+    for part in missing:
+        tmp = Path(runs) / f"{part}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(Path(folder) / part, tmp)
+        tmp.rename(Path(runs) / part)
+    print(f"copied the pinned {', '.join(missing)} from {folder} into {runs}/ (checked against its manifest)")
 
 
 def _text_tower(clip):
@@ -484,22 +615,39 @@ def random_sd15(folder, seed: int = 0):
     save_pipeline(assemble(vae, text_encoder, tok, unet), folder)
 
 
-def ensure_base(out: str = "runs/base", device=None, seed: int = 0):
-    """The pocket base model: loaded from `out` when cached, pretrained (a few minutes) when missing."""
-    if not (Path(out) / "model_index.json").is_file():
-        print(f"{out} not found: pretraining the pocket Stable Diffusion (a few minutes on a CPU)")
-        pretrain(PretrainConfig(out=out, seed=seed))
+def ensure_base(out: str = "runs/base", device=None):
+    """The pocket base model: the pinned one (assets/), copied into runs/ on first use; loaded from `out`."""
+    runs = str(Path(out).parent)
+    restore_assets(runs)
+    base_manifest = json.loads((ASSETS / "manifest.json").read_text()) if (ASSETS / "manifest.json").is_file() else {}
+    weights = Path(out) / "unet" / "diffusion_pytorch_model.safetensors"
+    pinned = base_manifest.get("files", {}).get("base/unet/diffusion_pytorch_model.safetensors")
+    if pinned and weights.is_file() and _sha256(weights) != pinned:
+        print(f"note: {out} is not the pinned base of {ASSETS} (another build); remove {runs}/base, "
+              f"{runs}/never_learned, {runs}/clip and {runs}/evaluator to use the pinned ones")
     return load_pipeline(out, device)
+
+
+def load_never_learned(base: str = "runs/base", folder: str = "runs/never_learned", device=None):
+    """The base pipeline with the never-learned UNet in place of its own (a model that never saw unsafe images)."""
+    from diffusers import UNet2DConditionModel
+
+    if not Path(folder, "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a UNet folder: run `python nft_train.py` once (it copies the "
+                                f"pinned assets into runs/) or {REBUILD}")
+    pipe = load_pipeline(base, device)
+    pipe.unet = UNet2DConditionModel.from_pretrained(folder).to(pipe.device).eval().requires_grad_(False)
+    return pipe
 
 
 def load_clip(clip_dir: str = "runs/clip"):
     """The frozen tiny CLIP (both towers), for the moderator's perceptual loss."""
     from transformers import CLIPModel
 
-    path = Path(clip_dir) / "model"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is missing; run `python toy_sd.py` to pretrain the pocket model")
-    return CLIPModel.from_pretrained(path).eval().requires_grad_(False)
+    if not Path(clip_dir, "config.json").is_file():
+        raise FileNotFoundError(f"{clip_dir} has no CLIP: run `python nft_train.py` once (it copies the pinned "
+                                f"assets into runs/) or {REBUILD}")
+    return CLIPModel.from_pretrained(clip_dir).eval().requires_grad_(False)
 
 
 def main(cfg: PretrainConfig):
