@@ -132,6 +132,8 @@ class AttackConfig:
                          "step 1); an adaptive attacker's way down a model that blows up under full-size steps")
     clip_grad: float = option(0.0, "clip the gradient's norm at this before each step, as diffusers' training "
                               "scripts do (1.0); 0: no clipping")
+    latents: str = option("mean", "how the attacker encodes its images: the VAE posterior's mean (every script "
+                          "here), or a fresh sample of it every step (SD's training scripts)", ("mean", "sample"))
     checkpoints: str = option("0,50,100,200,300", "steps at which the unsafe rate is measured")
     n_images: int = option(2048, "attacker's pocket training images (--unsafe_data uses all of its folder)")
     eval_repeats: int = option(1, "images per evaluation prompt at each checkpoint (50 unsafe prompts)")
@@ -346,7 +348,7 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
             samples.setdefault("before", (items, images))
             samples["after"] = (items, images)
 
-    train_seconds, trained = 0.0, None
+    train_seconds, trained, z_std = 0.0, None, None
     if train:
         part = TRAINED[train]
         trained = copy.deepcopy(getattr(pipe, part)).requires_grad_(False)
@@ -355,6 +357,10 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
             pipe.unet = copy.deepcopy(pipe.unet).requires_grad_(False)
         folder = cfg.unsafe_data if task == "unsafe" else ""  # benign fine-tuning: the pocket world's novel concept
         z, c, x, captions = attacker_data(pipe, cfg.n_images, cfg.seed, device, task, folder)
+        if cfg.latents == "sample" and part != "vae":
+            from toy_sd import encode_images
+
+            z_std = encode_images(pipe.vae, x, batch=8 if folder else 512, part="std")  # a fresh draw every step
         if cfg.gradient_checkpointing and part in ("unet", "vae"):
             trained.enable_gradient_checkpointing()
         if train == "lora_unet":
@@ -379,13 +385,14 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
             t0 = time.perf_counter()
             trained.train()
             idx = torch.randint(len(z), (cfg.batch,), generator=gen)
+            z_i = z[idx] if z_std is None else z[idx] + z_std[idx] * torch.randn(z_std[idx].shape, generator=gen).to(z)
             if part == "unet":
-                loss = losses.diffusion_loss(pipe.unet, sched, z[idx], c[idx], generator=gen)
+                loss = losses.diffusion_loss(pipe.unet, sched, z_i, c[idx], generator=gen)
             elif part == "vae":
                 loss = losses.reconstruction_loss(pipe.vae, x[idx].to(device))  # real images wait on the CPU
             else:  # text features with gradient, through the frozen UNet
                 feats = encode_text(pipe.text_encoder, pipe.tokenizer, [captions[i] for i in idx], device)
-                loss = losses.diffusion_loss(pipe.unet, sched, z[idx], feats, generator=gen)
+                loss = losses.diffusion_loss(pipe.unet, sched, z_i, feats, generator=gen)
             opt.zero_grad()
             loss.backward()
             if cfg.clip_grad:
@@ -414,6 +421,8 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
         out["rank"] = cfg.rank
     if train and (cfg.warmup or cfg.clip_grad):
         out |= {"warmup": cfg.warmup, "clip_grad": cfg.clip_grad}
+    if z_std is not None:
+        out["latents"] = cfg.latents
     return out
 
 

@@ -21,21 +21,16 @@ import torch
 import torch.nn.functional as F
 
 
-def diffusion_loss(unet, scheduler, x0, cond, generator=None, noise=None, timesteps=None, snr_gamma=None):
-    """L_ND: the denoising loss at a random timestep, for the target the scheduler's prediction_type names.
+def noised(scheduler, x0, generator=None, noise=None, timesteps=None):
+    """The forward process: (x_t, t, target) for clean latents x0 (B, 4, h, w) at random timesteps t (B,).
 
-    x0: clean latents (B, 4, h, w); cond: text features (B, T, D). epsilon-prediction regresses the noise,
-    v-prediction regresses v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (SD 2.x style).
-    snr_gamma: Min-SNR weighting (Hang et al., 2023), used only to pretrain the pocket model faster: each
-    sample's squared error is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v).
-    """
-    b = x0.shape[0]
+    target is what the UNet regresses, for the scheduler's prediction_type: the noise (epsilon, SD 1.x) or
+    v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (v_prediction, SD 2.x style)."""
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator).to(x0)
     if timesteps is None:
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
     timesteps = timesteps.to(x0.device)
-    x_t = scheduler.add_noise(x0, noise, timesteps)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise
@@ -43,12 +38,23 @@ def diffusion_loss(unet, scheduler, x0, cond, generator=None, noise=None, timest
         target = scheduler.get_velocity(x0, noise, timesteps)
     else:
         raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction)")
+    return scheduler.add_noise(x0, noise, timesteps), timesteps, target
+
+
+def diffusion_loss(unet, scheduler, x0, cond, generator=None, noise=None, timesteps=None, snr_gamma=None):
+    """L_ND: the denoising loss at a random timestep (noised() gives the input and the target).
+
+    x0: clean latents (B, 4, h, w); cond: text features (B, T, D).
+    snr_gamma: Min-SNR weighting (Hang et al., 2023), used only to pretrain the pocket model faster: each
+    sample's squared error is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v).
+    """
+    x_t, timesteps, target = noised(scheduler, x0, generator, noise, timesteps)
     pred = unet(x_t, timesteps, encoder_hidden_states=cond).sample
     if snr_gamma is None:
         return F.mse_loss(pred.float(), target.float())
     a = scheduler.alphas_cumprod.to(x0.device)[timesteps]
     snr = a / (1 - a)  # (B,)
-    weight = snr.clamp(max=snr_gamma) / (snr if kind == "epsilon" else snr + 1)
+    weight = snr.clamp(max=snr_gamma) / (snr if scheduler.config.prediction_type == "epsilon" else snr + 1)
     per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
     return (weight * per_sample).mean()
 

@@ -230,8 +230,10 @@ def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None,
         with torch.no_grad():
             ref = decode(vae0, zb)
         # (1) zero loss on unsafe features, calibration + reconstruction on benign ones, at the current weights
-        l_zero = losses.zero_loss(decode(vae, zu), perceptual, cfg.pixel_weight)
-        l_cal = losses.calibration_loss(decode(vae, zb), ref)
+        # (unsafe and benign latents decoded in one call: (2 * batch, 3, H, W))
+        d_u, d_b = decode(vae, torch.cat([zu, zb])).split([len(zu), len(zb)])
+        l_zero = losses.zero_loss(d_u, perceptual, cfg.pixel_weight)
+        l_cal = losses.calibration_loss(d_b, ref)
         l_rec = losses.reconstruction_loss(vae, xb)
         opt.zero_grad()
         (l_zero + cfg.w_cal * l_cal + cfg.w_rec * l_rec).backward()

@@ -52,13 +52,12 @@ class NFTConfig:
     name: str = option("patronus", "outputs go to runs/<name>/")
     moderator: str = option("decoder", "internal moderator, trained after the UNet", MODERATORS)
     harden_decoder: bool = option(False, "harden the decoder moderator with simulated decoder fine-tuning")
-    moderator_steps: int = option(900, "steps of the decoder moderator")
+    moderator_steps: int = option(600, "steps of the decoder moderator (900 in earlier versions)")
     unet: str = option("nft", "nft: min-max loop; erase: steps 1+2 only (an ESD-like baseline); off", UNET_MODES)
     seed: int = option(0, "one seed for data, sampling of simulated attackers and training")
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # outer loop
-    steps: int = option(1000, "outer steps (300 in earlier versions; 1000 keeps more benign accuracy and "
-                        "resists fine-tuning longer: measured in the README)")
+    steps: int = option(800, "outer steps (1000 in earlier versions, before the outer terms shared one UNet call)")
     batch: int = option(16, "batch size of every term")
     lr: float = option(1e-4, "Adam learning rate of the defender")
     w_sup: float = option(1.0, "weight of suppression at the current weights (1)")
@@ -204,6 +203,28 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     return l_nft
 
 
+def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
+    """Steps (1) and (2) at the current weights, in one call of the UNet (and one of the base UNet):
+      (1) suppression   L_blk on unsafe prompts c_u: they denoise toward the black image's latent z_black
+      (2) retention     L_ND on benign pairs (z_b, c_b), and L_dst toward the base UNet unet0 on benign latents
+                        with prompts c_dst and with the empty prompt (sampling computes (1 + s) f(x, c) - s f(x, ""):
+                        the unconditional half must not drift either)
+    Each term is the mean over its own quarter of the batch, as four separate calls would give; one call of
+    4B is cheaper than four of B (on 2 CPU cores about 1.3x). Returns l_sup, l_ret, (l_dst on c_dst, on "").
+    """
+    b = len(c_u)
+    x0 = torch.cat([z_black.expand(b, *z_black.shape[1:]), z_b, z_b, z_b])  # (4B, 4, h, w)
+    cond = torch.cat([c_u, c_b, c_dst, c_empty[:1].expand(b, -1, -1)])  # (4B, T, D)
+    x_t, t, target = losses.noised(sched, x0, g)
+    pred = unet(x_t, t, encoder_hidden_states=cond).sample.float().split(b)
+    with torch.no_grad():  # unet0 may run in half precision (--frozen_dtype)
+        ref = unet0(x_t[2 * b :].to(unet0.dtype), t[2 * b :],
+                    encoder_hidden_states=cond[2 * b :].to(unet0.dtype)).sample.float().split(b)
+    target = target.float().split(b)
+    mse = torch.nn.functional.mse_loss
+    return mse(pred[0], target[0]), mse(pred[1], target[1]), (mse(pred[2], ref[0]), mse(pred[3], ref[1]))
+
+
 def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int = 0, opt_state=None) -> list[float]:
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt (None: no
     checkpoints, for benchmark.py). Returns the seconds of each outer step (checkpointing not counted)."""
@@ -248,15 +269,10 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
         opt.zero_grad()
         for _ in range(cfg.grad_accum):  # micro-batches: their gradients add up before the one update
             iu, ib = batch(len(z_u)), batch(len(z_b))
-            # (1) suppression: unsafe prompts denoise toward black, at the current weights
-            l_sup = losses.black_loss(unet, sched, z_black, c_u[iu], generator=g)
-            # (2) benign retention: SD's own loss on benign pairs + distillation toward the base UNet
-            l_ret = losses.diffusion_loss(unet, sched, z_b[ib], c_b[ib], generator=g)
             c_dst = c_b[ib] if c_d is None else c_d[batch(len(c_d))]  # on benign latents, whatever the prompt
-            l_dst = losses.distillation_loss(unet, unet0, sched, z_b[ib], c_dst, generator=g)
-            if cfg.w_uncond:  # sampling computes (1 + s) f(x, c) - s f(x, empty): the empty prompt must not drift
-                l_dst = l_dst + cfg.w_uncond * losses.distillation_loss(unet, unet0, sched, z_b[ib], c_empty,
-                                                                        generator=g)
+            l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_u[iu], z_b[ib], c_b[ib], c_dst,
+                                               c_empty, g)
+            l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]
             ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.grad_accum).backward()
         l_nft = torch.zeros(())
         if cfg.unet == "nft":
@@ -344,7 +360,7 @@ def main(cfg: NFTConfig):
 
 def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, seconds_per_step=None) -> dict:
     """Evaluate base and defended models, run the default attack on both, print the table, write report.json."""
-    from attack import AttackConfig, run_attack
+    from attack import AttackConfig, measure, run_attack
     from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, save_grid
 
     t0 = time.time()
@@ -356,6 +372,11 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, 
     rep, _, img = evaluate_pipeline(pipe, evaluator, ecfg, img_base)
     save_grid(items, img, out / "grid.png")
     save_grid(items, img_base, out / "grid_base.png")
+    # does the NFT UNet refuse by itself? the public (base) decoder in place of the moderated one, no training
+    swapped = copy.copy(pipe)
+    swapped.vae = base.vae
+    rep["swap_decoder"], _, _ = measure(swapped, evaluator, "unsafe", cfg.eval_unsafe_repeats, cfg.sample_steps,
+                                        seed=cfg.seed)
     times["evaluation"] = time.time() - t0
     t0 = time.time()
     acfg = AttackConfig(steps=cfg.attack_steps, checkpoints=f"0,{cfg.attack_steps // 3},{cfg.attack_steps}",
@@ -390,19 +411,22 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, 
 
 def table(rep: dict) -> str:
     """The reproduction's table (Markdown), base model beside the defended one."""
-    rows = ["| model | UR defense | UR heldout | BA | false refusals | refusals of a novel concept | UR after attack | "
-            "BA after attack |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | UR defense | UR heldout | BA | false refusals | refusals of a novel concept | "
+            "UR, public decoder | UR after attack | BA after attack |", "|---|---|---|---|---|---|---|---|---|"]
     for label, r, a in (("base", rep["base"], rep["base_attack"]), ("Patronus", rep, rep["attack"])):
         ur = r["unsafe_rate"]
+        swap = r.get("swap_decoder", r)["unsafe_rate"]["all"]  # the base's own decoder is the public one
         rows.append(f"| {label} | {ur['defense']:.3f} | {ur['heldout']:.3f} | {r['benign_accuracy']:.3f} | "
-                    f"{r['false_refusal_rate']:.3f} | {r['novel_refusal_rate']:.3f} | "
+                    f"{r['false_refusal_rate']:.3f} | {r['novel_refusal_rate']:.3f} | {swap:.3f} | "
                     f"{a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
     rows.append("")
     rows.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()))
     cost = rep.get("cost", {})
     if cost.get("unet_seconds_per_outer_step") and cost.get("attack_seconds_per_step"):
         o, a = cost["unet_seconds_per_outer_step"], cost["attack_seconds_per_step"]
-        rows.append(f"one outer step {o:.3f} s = {o / a:.1f}x one plain fine-tuning step ({a:.3f} s)")
+        rows.append(f"one outer step {o:.3f} s = {o / a:.1f}x one plain fine-tuning step ({a:.3f} s); "
+                    f"the whole run {sum(rep['seconds'].values()):.0f} s = {sum(rep['seconds'].values()) / a:,.0f} "
+                    "plain steps")
     return "\n".join(rows)
 
 

@@ -283,14 +283,15 @@ def encode_text(text_encoder, tok, captions: list[str], device, batch: int = 512
 
 
 @torch.no_grad()
-def encode_images(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Scaled VAE latents (N, 4, H/f, W/f) of images (N, 3, H, W) in [-1, 1] (posterior mean), float32.
+def encode_images(vae, images: torch.Tensor, batch: int = 512, part: str = "mean") -> torch.Tensor:
+    """Scaled VAE latents (N, 4, H/f, W/f) of images (N, 3, H, W) in [-1, 1]: the posterior's mean (or, with
+    part="std", its standard deviation, in the same scaled units), float32.
 
     (N, 4, 8, 8) from (N, 3, 32, 32) in the pocket world. images may stay on the CPU: each batch is moved to
     the VAE's device and dtype (use a small batch, e.g. 8, at 512x512)."""
     sf = vae.config.scaling_factor
-    return torch.cat([vae.encode(images[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean.float() * sf
-                      for i in range(0, len(images), batch)])
+    return torch.cat([getattr(vae.encode(images[i : i + batch].to(vae.device, vae.dtype)).latent_dist, part).float()
+                      * sf for i in range(0, len(images), batch)])
 
 
 def train_clip(clip, tok, scenes: data.Scenes, cfg: PretrainConfig, device) -> None:

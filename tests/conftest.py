@@ -18,20 +18,18 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    """A folder holding runs/base, runs/clip and runs/evaluator, each trained for a few steps only."""
+    """A folder holding runs/base, never_learned, clip and evaluator, each trained for a few steps only."""
     import torch
 
-    import evaluate
     import toy_sd
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # 1 when another job shares the 2 cores
     root = tmp_path_factory.mktemp("world")
     runs = root / "runs"
-    cfg = toy_sd.PretrainConfig(out=str(runs / "base"), clip_dir=str(runs / "clip"), n_images=128, clip_steps=3,
-                                clip_batch=32, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8,
-                                black_steps=2)
-    toy_sd.pretrain(cfg)
-    evaluate.ensure_evaluator(str(runs / "evaluator"), steps=3, batch=16, n_pool=64)
+    cfg = toy_sd.PretrainConfig(out=str(runs), n_images=128, clip_steps=3, clip_batch=32, vae_steps=3,
+                                vae_batch=8, unet_steps=3, unet_batch=8, black_steps=2, evaluator_steps=3,
+                                evaluator_batch=16, evaluator_pool=64)
+    toy_sd.pretrain(cfg)  # runs/base, never_learned, clip, evaluator and manifest.json
     return root
 
 

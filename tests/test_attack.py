@@ -146,6 +146,17 @@ def test_warmup_and_clipping_shrink_the_attackers_first_steps(world):
             parse(attack.AttackConfig, [bad])
 
 
+def test_sampling_attacker_draws_latents_from_the_posterior(world):
+    """--latents=sample trains on fresh draws from the VAE's posterior (SD's training scripts), not its mean."""
+    pipe, ev = toy_sd.load_pipeline("runs/base"), evaluate.ensure_evaluator("runs/evaluator")
+    mean = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2), CPU)
+    sampled = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2, latents="sample"), CPU)
+    assert "latents" not in mean and sampled["latents"] == "sample"
+    assert not same(mean["attacked_pipe"].unet.state_dict(), sampled["attacked_pipe"].unet.state_dict())
+    with pytest.raises(ConfigError, match="latents"):
+        parse(attack.AttackConfig, ["--latents=median"])
+
+
 def test_scratch_reference_reinitialises_only_its_part(world):
     ref = toy_sd.load_pipeline("runs/base")
     for part in ("unet", "vae", "text_encoder"):

@@ -124,3 +124,31 @@ def test_reconstruction_loss_uses_the_posterior_mean():
     assert losses.reconstruction_loss(vae, x).item() == 0.0
     x = torch.tensor([[[[4.0]]]])  # rec = 3, error 1
     assert losses.reconstruction_loss(vae, x).item() == pytest.approx(1.0)
+
+
+def test_outer_losses_in_one_call_equal_each_term_alone():
+    """nft_train.outer_losses batches (1) and (2) into one UNet call; each term must equal its own call."""
+    import nft_train
+    import toy_sd
+
+    torch.manual_seed(0)
+    unet, unet0 = toy_sd.build_unet(32, 16).eval(), toy_sd.build_unet(32, 16).eval()
+    sched = toy_sd.build_scheduler("ddpm")
+    b = 3
+    z_black, z_b = torch.randn(1, 4, 8, 8), torch.randn(b, 4, 8, 8)
+    c_u, c_b, c_dst = (torch.randn(b, 16, 32) for _ in range(3))
+    c_empty = torch.randn(1, 16, 32).expand(b, -1, -1)  # one prompt, "", for every row
+    l_sup, l_ret, (l_dst, l_unc) = nft_train.outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty,
+                                                          torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the same draws: noise (4B) first, then timesteps (4B)
+    noise = torch.randn(4 * b, 4, 8, 8, generator=g)
+    t = torch.randint(0, 1000, (4 * b,), generator=g)
+    part = lambda i: dict(noise=noise[i * b : (i + 1) * b], timesteps=t[i * b : (i + 1) * b])  # noqa: E731
+    x0 = torch.cat([z_black.expand(b, -1, -1, -1), z_b])
+    torch.testing.assert_close(l_sup, losses.diffusion_loss(unet, sched, x0[:b], c_u, **part(0)))
+    torch.testing.assert_close(l_ret, losses.diffusion_loss(unet, sched, z_b, c_b, **part(1)))
+    for i, (got, cond) in enumerate([(l_dst, c_dst), (l_unc, c_empty)], start=2):
+        x_t = sched.add_noise(z_b, part(i)["noise"], part(i)["timesteps"])
+        ref = unet0(x_t, part(i)["timesteps"], encoder_hidden_states=cond).sample
+        want = torch.nn.functional.mse_loss(unet(x_t, part(i)["timesteps"], encoder_hidden_states=cond).sample, ref)
+        torch.testing.assert_close(got, want)

@@ -235,6 +235,8 @@ def test_nft_main_end_to_end_with_table(world, capsys):
     assert {"attack", "optimizer", "lr", "curve", "benign_accuracy_after"} <= set(attacks[0])
     printed = capsys.readouterr().out
     assert "| Patronus |" in printed and "Patronus: BA on the held-out shapes (ring)" in printed
+    assert "UR, public decoder" in printed and rep["swap_decoder"]["unsafe_rate"]["all"] is not None
+    assert "plain steps" in printed  # the cost line: outer step and whole run in plain fine-tuning steps
     toy_sd.load_pipeline("runs/patronus")
 
 

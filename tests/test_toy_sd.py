@@ -55,22 +55,34 @@ def test_save_pipeline_is_atomic_and_replaces(tiny_world, tmp_path):
 
 
 def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
-    cfg = toy_sd.PretrainConfig(out=str(tmp_path / "base"), clip_dir=str(tmp_path / "clip"), n_images=64,
-                                clip_steps=2, clip_batch=16, vae_steps=2, vae_batch=8, unet_steps=3, unet_batch=8,
-                                black_steps=2, unet_width=32)
+    cfg = toy_sd.PretrainConfig(out=str(tmp_path / "set"), n_images=64, clip_steps=2, clip_batch=16, vae_steps=2,
+                                vae_batch=8, unet_steps=3, unet_batch=8, black_steps=2, unet_width=32,
+                                evaluator_steps=2, evaluator_batch=16, evaluator_pool=32)
     torch.manual_seed(0)
     fresh = toy_sd.build_unet(cfg.width, cfg.unet_width).state_dict()
     pipe = toy_sd.pretrain(cfg)
     trained = pipe.unet.state_dict()
     assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
-    assert (tmp_path / "base" / "model_index.json").is_file()
-    assert (tmp_path / "clip" / "model" / "config.json").is_file()
-    record = json.loads((tmp_path / "base" / "pretrain.json").read_text())
+    for part in toy_sd.PARTS:
+        assert (tmp_path / "set" / part).is_dir(), part
+    assert (tmp_path / "set" / "base" / "model_index.json").is_file()
+    assert (tmp_path / "set" / "clip" / "config.json").is_file()
+    record = json.loads((tmp_path / "set" / "base" / "pretrain.json").read_text())
     assert record["config"]["unet_steps"] == 3 and "versions" in record
     assert pipe.unet.config.block_out_channels[0] == 32  # --unet_width reaches the saved UNet
-    # 2 VAE steps cannot reconstruct anything: the check must say so (and record the number)
-    assert record["vae_reconstruction_mse"] > toy_sd.VAE_MSE_WARN
-    assert "warning: the VAE reconstructs" in capsys.readouterr().out
+    # 2 VAE steps cannot reconstruct anything: the checks must say so (and record the numbers)
+    assert record["vae"]["reconstruction_mse"] > toy_sd.VAE_MSE_WARN
+    assert record["vae"]["posterior_std_over_mean"] > toy_sd.POSTERIOR_WARN
+    out = capsys.readouterr().out
+    assert "warning: the VAE reconstructs" in out and "warning: the VAE's posterior is wide" in out
+    # the never-learned UNet: same architecture as the base UNet, other weights
+    never = toy_sd.load_never_learned(str(tmp_path / "set" / "base"), str(tmp_path / "set" / "never_learned"))
+    assert dict(never.unet.config) == dict(pipe.unet.config)
+    assert any(not torch.equal(v, never.unet.state_dict()[k]) for k, v in trained.items())
+    # the manifest lists every file with its hash, and how it was built
+    manifest = toy_sd.verify_assets(tmp_path / "set")
+    assert "base/unet/diffusion_pytorch_model.safetensors" in manifest["files"]
+    assert manifest["seed"] == 0 and manifest["cpu"] and manifest["command"].startswith("python toy_sd.py")
 
 
 def test_unet_width_must_suit_the_group_norm():
