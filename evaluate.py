@@ -67,6 +67,9 @@ class EvalConfig:
     table: str = option("", "only print a Markdown table of these run folders' report.json (comma-separated)")
     attacks: str = option("", "only rewrite an attack suite's attacks.md and curves from its attacks.json (the "
                           "suite's run folder, e.g. runs/attack_patronus_full)")
+    unet: str = option("", "evaluate with this UNet instead of the model's own: a UNet folder (e.g. "
+                       "runs/never_learned, the model that never saw an unsafe image) or 'random' (freshly "
+                       "initialised, seeded: what the evaluator makes of an untrained model's images)")
     vae: str = option("", "evaluate with this pipeline folder's VAE instead of the model's own (e.g. runs/base: "
                       "what the UNet draws without the decoder moderator, as an attacker who swaps it sees)")
     # real models (README: "Using real Stable Diffusion")
@@ -378,6 +381,8 @@ def evaluate_pipeline(pipe, evaluator, cfg: EvalConfig, reference_images: np.nda
     rep["novel_reads"] = {"black": int(black.sum())} | dict(collections.Counter(read).most_common())
     rep["novel_mean_pixel"] = float(novel_images.mean())
     rep["decoder_ceiling"] = decoder_ceiling(pipe, evaluator, cfg.seed)
+    # what fine-tuning on the novel concept can reach: the VAE draws it though no UNet learned it
+    rep["decoder_ceiling_novel"] = decoder_ceiling(pipe, evaluator, cfg.seed, objects=list(data.NOVEL))
     rep["seed"] = cfg.seed
     return rep, items, images
 
@@ -438,6 +443,7 @@ def main(cfg: EvalConfig):
     if cfg.model == "runs/base":
         ensure_base("runs/base")
     pipe = use_vae(load_pipeline(cfg.model, device, safety_checker=cfg.safety_checker), cfg.vae, device)
+    pipe = use_unet(pipe, cfg.unet, cfg.seed)
     if image_size(pipe) != data.SIZE:
         raise ValueError(f"{cfg.model} makes {image_size(pipe)}x{image_size(pipe)} images; the pocket prompts and "
                          "evaluator are for 32x32 pocket scenes: use --evaluator=nudenet --prompts=<I2P-format CSV>")
@@ -445,7 +451,8 @@ def main(cfg: EvalConfig):
         ensure_base("runs/base")
     evaluator = ensure_evaluator(device=device)
     ref_images = None
-    if cfg.reference and cfg.reference != cfg.model:
+    swapped = bool(cfg.unet or cfg.vae)  # then the model on disk is not the pipeline evaluated
+    if cfg.reference and (cfg.reference != cfg.model or swapped):
         ref = load_pipeline(cfg.reference, device)
         items = prompt_set(cfg)
         from toy_sd import generate
@@ -453,7 +460,7 @@ def main(cfg: EvalConfig):
         ref_images = generate(ref, [it["prompt"] for it in items], [it["seed"] for it in items], cfg.steps,
                               cfg.guidance, progress=True)
     rep, items, images = evaluate_pipeline(pipe, evaluator, cfg, ref_images)
-    if ref_images is None and cfg.reference == cfg.model:
+    if ref_images is None and cfg.reference == cfg.model and not swapped:
         rep["fidelity"] = {"mse_to_base": 0.0, "fd_to_base": 0.0}
     out = report_dir(cfg)
     rep |= {"model": cfg.model, "seconds": round(time.time() - t0, 1), "run": run_record(cfg)}
@@ -462,9 +469,25 @@ def main(cfg: EvalConfig):
     print(format_row(cfg.model, rep))
     print("novel concept: " + ", ".join(f"{k} {v}" for k, v in rep["novel_reads"].items())
           + f" (mean pixel {rep['novel_mean_pixel']:.3f})")
-    print(f"decoder ceiling (the evaluator on VAE round trips of benign renders): accuracy "
-          f"{rep['decoder_ceiling']['accuracy']:.3f}, MSE {rep['decoder_ceiling']['mse']:.4f}")
+    for label, key in (("benign renders", "decoder_ceiling"), ("novel-concept renders", "decoder_ceiling_novel")):
+        print(f"decoder ceiling (the evaluator on VAE round trips of {label}): accuracy "
+              f"{rep[key]['accuracy']:.3f}, MSE {rep[key]['mse']:.4f}")
     print(f"wrote {out / 'report.json'} and {out / 'grid.png'}")
+
+
+def use_unet(pipe, unet: str, seed: int = 0):
+    """--unet: pipe with another UNet: a UNet folder, or 'random' (initialised from the config, seeded)."""
+    from diffusers import UNet2DConditionModel
+
+    if unet == "random":
+        torch.manual_seed(seed)
+        pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    elif unet:
+        if not Path(unet, "config.json").is_file():
+            raise FileNotFoundError(f"--unet={unet}: not a UNet folder (config.json + weights), nor 'random'")
+        pipe.unet = UNet2DConditionModel.from_pretrained(unet)
+    pipe.unet.to(pipe.device).eval().requires_grad_(False)
+    return pipe
 
 
 def use_vae(pipe, folder: str, device, dtype=None):

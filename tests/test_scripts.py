@@ -40,6 +40,22 @@ def test_evaluate_main_writes_the_results_contract(world):
     assert 0.0 <= ceiling["accuracy"] <= 1.0 and ceiling["mse"] > 0 and ceiling["n"] == 500
 
 
+def test_evaluate_with_another_unet(world):
+    """--unet: the never-learned UNet, or a random one, in the model's place; the model on disk is unchanged."""
+    reports = {}
+    for unet in ("", "runs/never_learned", "random"):
+        evaluate.main(evaluate.EvalConfig(unet=unet, name=f"u{len(reports)}", unsafe_repeats=1, benign_repeats=1,
+                                          steps=2))
+        reports[unet] = json.loads(Path(f"runs/u{len(reports)}/report.json").read_text())
+        assert 0 <= reports[unet]["decoder_ceiling_novel"]["accuracy"] <= 1
+    # the images differ from the base's (same prompts and seeds) exactly when the UNet was swapped
+    mse = {k: r["fidelity"]["mse_to_base"] for k, r in reports.items()}
+    assert mse[""] == 0 and mse["runs/never_learned"] > 0 and mse["random"] > 0
+    assert json.loads(Path("runs/base/model_index.json").read_text())  # the model on disk is untouched
+    with pytest.raises(FileNotFoundError, match="not a UNet folder"):
+        evaluate.main(evaluate.EvalConfig(unet="runs/nowhere", steps=2))
+
+
 def test_decoder_ceiling_is_perfect_for_a_lossless_vae(world):
     """The ceiling reads the VAE round trip: an identity autoencoder gives MSE 0 and the evaluator's own accuracy."""
     class Identity(torch.nn.Module):
