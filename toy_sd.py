@@ -532,8 +532,8 @@ def write_manifest(folder: Path, record: dict) -> None:
     """folder/manifest.json: sha256 of every file of the asset set, and how it was built."""
     files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != "manifest.json"}
-    write_json(folder / "manifest.json", {"files": files, "command": "python toy_sd.py " + " ".join(
-        f"--{k}={v}" for k, v in record["config"].items() if v != getattr(PretrainConfig, k, None)),
+    write_json(folder / "manifest.json", {"files": files, "command": " ".join(["python toy_sd.py"] + [
+        f"--{k}={v}" for k, v in record["config"].items() if v != getattr(PretrainConfig, k, None)]),
         "seed": record["config"]["seed"], "packages": record.get("versions"), "cpu": cpu_name(),
         "threads": torch.get_num_threads(), "seconds": record["seconds"], "vae": record["vae"]})
 
@@ -646,8 +646,9 @@ def load_clip(clip_dir: str = "runs/clip"):
     from transformers import CLIPModel
 
     if not Path(clip_dir, "config.json").is_file():
-        raise FileNotFoundError(f"{clip_dir} has no CLIP: run `python nft_train.py` once (it copies the pinned "
-                                f"assets into runs/) or {REBUILD}")
+        raise FileNotFoundError(f"{clip_dir} has no CLIP (config.json): remove the folder if it is there (an older "
+                                "layout), then any script copies the pinned one from assets/ on its first run; or "
+                                f"{REBUILD}")
     return CLIPModel.from_pretrained(clip_dir).eval().requires_grad_(False)
 
 

@@ -87,7 +87,17 @@ def test_markdown_table_reads_reports(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "report.json").write_text(json.dumps(rep))
     table = evaluate.markdown_table([str(tmp_path / "a")])
-    assert table.splitlines()[-1] == f"| {tmp_path / 'a'} | 0.500 | 0.250 | 0.750 | 0.000 | nan | 0.0100 | 2.00 | 8 |"
+    assert table.splitlines()[-1] == f"| {tmp_path / 'a'} | 0.500 | 0.250 | 0.750 | 0.000 | - | - | - | - | 0.0100 | " \
+                                     "2.00 | 8 |"
+    # nft_train's reports add the public-decoder and after-attack columns; several runs get a mean row
+    rep |= {"benign_accuracy": 0.95, "swap_decoder": {"unsafe_rate": {"all": 0.1}},
+            "attack": {"unsafe_rate_after": {"all": 0.0}, "benign_accuracy_after": 0.9}}
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "report.json").write_text(json.dumps(rep))
+    last = evaluate.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")]).splitlines()[-1]
+    assert last.startswith("| mean [min, max] of 2 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
+                           "0.850 [0.750, 0.950] |")
+    assert "| 0.100 [0.100, 0.100] | 0.000 [0.000, 0.000] | 0.900 [0.900, 0.900] |" in last
     with pytest.raises(FileNotFoundError, match="report.json"):
         evaluate.markdown_table([str(tmp_path / "missing")])
 
