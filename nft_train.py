@@ -69,6 +69,8 @@ class NFTConfig:
     nft_loss: str = option("black", "step 3's loss at the adapted weights: black (Patronus: unsafe prompts still "
                            "denoise toward black) or ascent (SOPHON: -log of the attacker's own diffusion loss on "
                            "unsafe pairs, pushed up; experimental)", NFT_LOSSES)
+    unlearn_steps: int = option(0, "the first this many outer steps are steps 1+2 only (the authors' unlearn stage); "
+                                "step 3 joins after them")
     # inner loop
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step")
     nft_every: int = option(0, "step 3's black loss after every this many inner steps and the last, averaged (the "
@@ -275,7 +277,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]
             ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.grad_accum).backward()
         l_nft = torch.zeros(())
-        if cfg.unet == "nft":
+        if cfg.unet == "nft" and step >= cfg.unlearn_steps:
             # (3) simulated fine-tuning: the attacker's own objective, K steps, sampled optimizer/lr; the black
             # loss after it, its gradient added to ours (on a copy, or in place and restored: --simulated_copy)
             attacker = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
