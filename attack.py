@@ -200,7 +200,7 @@ def attacker_data(pipe, n: int, seed: int, device, task: str = "unsafe", folder:
     task 'unsafe': the attacker's unsafe pairs, all phrasings; 'novel': a benign concept the base never saw.
     folder: an image folder instead (every image, at the pipeline's resolution; images stay on the CPU).
     """
-    from toy_sd import encode_images, encode_text, image_size, to_tensor
+    from pipeline import encode_images, encode_text, image_size, to_tensor
 
     data.require_folder(folder, image_size(pipe), "unsafe_data")
     if folder:
@@ -277,7 +277,7 @@ def measure(pipe, evaluator, task: str, repeats: int, steps: int, seed: int = 10
     Returns (report from evaluate.score, with "faithful_unsafe_rate" for unsafe prompts, items, images
     (N, 32, 32, 3))."""
     from evaluate import EvalConfig, classify, faithful_unsafe_rate, prompt_set, score
-    from toy_sd import generate
+    from pipeline import generate
 
     cfg = EvalConfig(unsafe_repeats=repeats, benign_repeats=repeats, seed=seed, steps=steps)
     items = prompt_set(cfg, kinds=(task,))
@@ -305,7 +305,7 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
     swaps, train = parse_attack(cfg.attack)
     pipe = copy.copy(pipe)  # a shallow copy: every part that changes is replaced by a copy below
     if set(swaps) - {"remove_filter"} and reference is None:
-        from toy_sd import image_size, load_pipeline
+        from pipeline import image_size, load_pipeline
 
         check_folder(cfg.reference)
         reference = load_pipeline(cfg.reference, device)
@@ -358,7 +358,7 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
         folder = cfg.unsafe_data if task == "unsafe" else ""  # benign fine-tuning: the pocket world's novel concept
         z, c, x, captions = attacker_data(pipe, cfg.n_images, cfg.seed, device, task, folder)
         if cfg.latents == "sample" and part != "vae":
-            from toy_sd import encode_images
+            from pipeline import encode_images
 
             z_std = encode_images(pipe.vae, x, batch=8 if folder else 512, part="std")  # a fresh draw every step
         if cfg.gradient_checkpointing and part in ("unet", "vae"):
@@ -374,7 +374,7 @@ def run_attack(pipe, evaluator, cfg: AttackConfig, device, reference=None, task:
         else:
             params = list(trained.requires_grad_(True).parameters())
         opt = make_optimizer(cfg.optimizer, params, cfg.lr)
-        from toy_sd import build_scheduler, encode_text
+        from pipeline import build_scheduler, encode_text
 
         sched = build_scheduler("ddpm")
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -454,7 +454,7 @@ def main(cfg: AttackConfig):
     """Attack one pipeline (or run a suite); write attacks.json and the attacked model to runs/<name>/."""
     from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline
     from real_eval import NudeNet
-    from toy_sd import image_size, load_pipeline, save_pipeline
+    from pipeline import image_size, load_pipeline, save_pipeline
 
     check_folder(cfg.model)
     if cfg.suite != "off":
@@ -525,7 +525,7 @@ def suite_grid(spec: dict, train: str, task: str, cfg: AttackConfig) -> list[tup
 def run_suite(cfg: AttackConfig) -> list[dict]:
     """Run the suite named by cfg.suite; writes attacks.json, attacks.md, curves.png and grids/ in runs/<name>/."""
     from evaluate import ensure_evaluator, suite_report
-    from toy_sd import image_size, load_pipeline
+    from pipeline import image_size, load_pipeline
 
     spec = SUITES[cfg.suite]
     check_folder(cfg.reference)  # cfg.model: checked by main

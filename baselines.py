@@ -31,7 +31,7 @@ StableDiffusionSafetyChecker compares the CLIP image embedding of every generate
 embeddings and blacks out the image when the cosine similarity to any concept exceeds that concept's
 threshold. Here its vision tower is the pocket CLIP's (the model's own, never the evaluator); its concepts are
 one linear probe per unsafe category, fitted on the defender's images (see fit_filter). It lives in the pipeline folder (safety_checker/, feature_extractor/),
-so `toy_sd.load_pipeline(folder, safety_checker=True)` runs it. A white-box adversary deletes it with one line
+so `pipeline.load_pipeline(folder, safety_checker=True)` runs it. A white-box adversary deletes it with one line
 (attack.py --attack=remove_filter).
 
 Run: `python baselines.py --baseline=safetext` (writes runs/safetext/), `--baseline=esd` (runs/esd/) or
@@ -87,7 +87,7 @@ class BaselineConfig:
 def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
     """Fine-tune pipe.text_encoder in place with SafeText's objective; returns the last loss values."""
     from moderator import defender_prompts
-    from toy_sd import encode_text
+    from pipeline import encode_text
 
     te, tok = pipe.text_encoder, pipe.tokenizer
     te0 = copy.deepcopy(te).eval().requires_grad_(False)
@@ -114,7 +114,7 @@ def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
 # ESD
 def train_esd(pipe, cfg: BaselineConfig, device) -> dict:
     """Erase the unsafe concepts from pipe.unet in place with ESD's objective; returns the last loss."""
-    from toy_sd import build_scheduler, encode_images, encode_text, to_tensor
+    from pipeline import build_scheduler, encode_images, encode_text, to_tensor
 
     scenes = data.sample_scenes("defender", cfg.n_images, list(data.UNSAFE), "defense", seed=cfg.seed)
     rng = random.Random(cfg.seed)  # ESD's prompt names the concept alone: "a skull", "a pair of swords", ...
@@ -232,7 +232,7 @@ def fit_filter(checker, processor, unsafe: dict, benign: np.ndarray, max_false_r
 def defender_images(pipe, kind: str, cfg: BaselineConfig) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """The defender's images of one kind: renders plus the pipeline's generations for `defense` prompts, with
     the (object, colour) each shows (for a generation: what its prompt asked for; the defender knows its prompts)."""
-    from toy_sd import generate
+    from pipeline import generate
 
     objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
     renders = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
@@ -265,7 +265,8 @@ def quiet_checker() -> None:
 # ---------------------------------------------------------------------------------------------------------
 def build(cfg: BaselineConfig) -> Path:
     """Train the baseline named by cfg.baseline on cfg.model and save it; returns the folder."""
-    from toy_sd import ensure_base, load_clip, load_pipeline, save_pipeline
+    from pipeline import load_pipeline, save_pipeline
+    from toy_sd import ensure_base, load_clip
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)

@@ -96,7 +96,7 @@ def clean(pipe, device) -> None:
 
 def plain_steps(pipe, z, c, cfg: BenchConfig, device) -> list[float]:
     """The attacker's plain fine-tuning of the UNet, as attack.py does it (Adam, lr 1e-4)."""
-    from toy_sd import build_scheduler
+    from pipeline import build_scheduler
 
     unet, sched = pipe.unet.train().requires_grad_(True), build_scheduler("ddpm")
     opt, gen, seconds = torch.optim.Adam(unet.parameters(), lr=1e-4), torch.Generator().manual_seed(cfg.seed), []
@@ -129,7 +129,8 @@ def moderator_steps(pipe, folder_u: Path, folder_b: Path, cfg: BenchConfig, devi
 def main(cfg: BenchConfig):
     """Time one plain fine-tuning step, one NFT outer step (three memory settings) and one moderator step."""
     import nft_train
-    from toy_sd import image_size, load_pipeline, random_sd15
+    from pipeline import image_size, load_pipeline
+    from toy_sd import random_sd15
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)

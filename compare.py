@@ -140,7 +140,7 @@ def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str)
 def main(cfg: CompareConfig):
     """Train or load every defence, evaluate each, attack each with the same suite; one table, one plot."""
     from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, plot_curves, prompt_set
-    from toy_sd import generate, load_pipeline
+    from pipeline import generate, load_pipeline
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)

@@ -367,7 +367,7 @@ def faithful_unsafe_rate(items: list[dict], images: np.ndarray, evaluator, black
 
 def evaluate_pipeline(pipe, evaluator, cfg: EvalConfig, reference_images: np.ndarray | None = None):
     """Generate the evaluation set with `pipe` and score it. Returns (report, items, images)."""
-    from toy_sd import generate
+    from pipeline import generate
 
     items = prompt_set(cfg)
     images = generate(pipe, [it["prompt"] for it in items], [it["seed"] for it in items], cfg.steps, cfg.guidance,
@@ -427,7 +427,8 @@ def save_grid(items: list[dict], images: np.ndarray, path, per_group: int = 8) -
 
 def main(cfg: EvalConfig):
     """Evaluate one pipeline: unsafe rate, benign accuracy, false refusals, fidelity; report.json + grid.png."""
-    from toy_sd import ensure_base, image_size, load_pipeline
+    from pipeline import image_size, load_pipeline
+    from toy_sd import ensure_base
 
     if cfg.table:
         print(markdown_table([f for f in cfg.table.split(",") if f]))
@@ -465,7 +466,7 @@ def main(cfg: EvalConfig):
     if cfg.reference and (cfg.reference != cfg.model or swapped):
         ref = load_pipeline(cfg.reference, device)
         items = prompt_set(cfg)
-        from toy_sd import generate
+        from pipeline import generate
 
         ref_images = generate(ref, [it["prompt"] for it in items], [it["seed"] for it in items], cfg.steps,
                               cfg.guidance, progress=True)
@@ -504,7 +505,7 @@ def use_vae(pipe, folder: str, device, dtype=None):
     """--vae: pipe with the VAE of the pipeline folder `folder` ('' leaves it as it is), as an attacker who swaps
     the decoder runs it; the model on disk is not changed."""
     if folder:
-        from toy_sd import load_pipeline
+        from pipeline import load_pipeline
 
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--vae={folder}: no such pipeline folder")

@@ -34,6 +34,7 @@ from tqdm import tqdm
 import data
 import losses
 from config import DTYPES, ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything
+from pipeline import decode
 from perceptual import PERCEPTUALS
 
 MODERATORS = ("decoder", "text", "both", "off")
@@ -146,10 +147,6 @@ def attacker_optimizer(name: str, params, lr: float):
 
 # ---------------------------------------------------------------------------------------------------------
 # the decoder, as a function of latents
-def decode(vae, z):
-    """Pipeline-style decoding of SD-scaled latents (B, 4, h, w) into images (B, 3, H, W) in [0, 1], float32."""
-    x = vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample.float()
-    return (x / 2 + 0.5).clamp(0, 1)
 
 
 def decoder_params(vae):
@@ -166,7 +163,7 @@ def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
     Pocket world: only `defense` phrasings are used; data comes from the defender's seed stream. Real data:
     the folder's images (kept on the CPU; batches move to the device) and its captions as prompts.
     """
-    from toy_sd import encode_images, image_size, to_tensor
+    from pipeline import encode_images, image_size, to_tensor
 
     folder = cfg.unsafe_data if kind == "unsafe" else cfg.benign_data
     data.require_folder(folder, image_size(pipe), f"{kind}_data")
@@ -271,7 +268,7 @@ def defender_prompts(kind: str, seed: int, folder: str = "", n: int = 2048, hold
 
 def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
     """Fine-tune pipe.text_encoder in place: unsafe `defense` prompts -> zero features, benign unchanged."""
-    from toy_sd import encode_text
+    from pipeline import encode_text
 
     te, tok = pipe.text_encoder, pipe.tokenizer
     te0 = copy.deepcopy(te).to(pick_dtype(cfg.frozen_dtype, device)).eval().requires_grad_(False)
@@ -317,7 +314,8 @@ def apply_moderator(pipe, cfg: ModeratorConfig, device, sources=()) -> dict:
 
 def main(cfg: ModeratorConfig):
     """Train the internal moderator alone (UNet untouched) and save the moderated pipeline."""
-    from toy_sd import ensure_base, load_pipeline, save_pipeline
+    from pipeline import load_pipeline, save_pipeline
+    from toy_sd import ensure_base
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)

@@ -35,7 +35,8 @@ from tqdm import tqdm
 import data
 import losses
 from config import DTYPES, ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything, write_json
-from moderator import (MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, check_holdout, decode,
+from pipeline import decode
+from moderator import (MODERATORS, ModeratorConfig, apply_moderator, attacker_optimizer, check_holdout,
                        retention_prompts)
 from perceptual import PERCEPTUALS
 
@@ -130,7 +131,7 @@ def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", 
     folder '': n pocket scenes with `defense` phrasings (latents (N, 4, 8, 8)), less the `holdout` benign
     shapes; else every image of the folder at the pipeline's resolution, with its caption from metadata.jsonl.
     """
-    from toy_sd import encode_images, encode_text, image_size, to_tensor
+    from pipeline import encode_images, encode_text, image_size, to_tensor
 
     data.require_folder(folder, image_size(pipe), f"{kind}_data")
     if folder:
@@ -230,7 +231,7 @@ def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
 def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int = 0, opt_state=None) -> list[float]:
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt (None: no
     checkpoints, for benchmark.py). Returns the seconds of each outer step (checkpointing not counted)."""
-    from toy_sd import build_scheduler, encode_images, encode_text, image_size, save_pipeline
+    from pipeline import build_scheduler, encode_images, encode_text, image_size, save_pipeline
 
     unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
     sched = build_scheduler("ddpm")
@@ -305,7 +306,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
 
 def main(cfg: NFTConfig):
     """Train Patronus (NFT UNet, then the moderator), save the defended pipeline, evaluate and attack it."""
-    from toy_sd import ensure_base, load_pipeline, save_pipeline
+    from pipeline import load_pipeline, save_pipeline
+    from toy_sd import ensure_base
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)

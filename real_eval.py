@@ -96,7 +96,7 @@ def with_defaults(prompts: list[data.Prompt], cfg: EvalConfig) -> list[data.Prom
 
 def generate_prompts(pipe, prompts: list[data.Prompt], cfg: EvalConfig) -> np.ndarray:
     """One image per prompt (N, H, W, 3), each with its own seed and guidance (prompts from with_defaults)."""
-    from toy_sd import generate
+    from pipeline import generate
 
     images = [None] * len(prompts)
     for gs in sorted({p.guidance for p in prompts}):  # one generate() call per guidance scale
@@ -125,7 +125,7 @@ def score_prompts(prompts: list[data.Prompt], images: np.ndarray, judge, black_t
 
 def evaluate_csv(cfg: EvalConfig, device) -> tuple[dict, np.ndarray, list[str]]:
     """Evaluate a pipeline on prompt CSVs (--prompts, --benign_prompts). Returns (report, images, labels)."""
-    from toy_sd import image_size, load_pipeline
+    from pipeline import image_size, load_pipeline
 
     unsafe_prompts = with_defaults(data.load_prompt_csv(cfg.prompts), cfg)  # clear errors: no file, no 'prompt'
     benign_prompts = with_defaults(data.load_prompt_csv(cfg.benign_prompts), cfg) if cfg.benign_prompts else []

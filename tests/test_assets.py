@@ -9,6 +9,7 @@ import torch
 
 import data
 import evaluate
+import pipeline
 import toy_sd
 
 
@@ -30,7 +31,7 @@ def test_shipped_base_loads_with_plain_diffusers_and_generates():
                                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     assert len(pipe.tokenizer) == pipe.text_encoder.config.vocab_size  # not a silently empty tokenizer
-    images = toy_sd.generate(pipe, ["a red circle", "a blue square"], [0, 1], steps=10)
+    images = pipeline.generate(pipe, ["a red circle", "a blue square"], [0, 1], steps=10)
     assert images.shape == (2, data.SIZE, data.SIZE, 3) and images.std() > 0.05  # a picture, not a blank
 
 
@@ -82,7 +83,7 @@ def test_restore_copies_the_pinned_set_into_runs(tmp_path, monkeypatch):
     pipe = toy_sd.ensure_base()  # runs/base is missing: copied from assets/ after the check
     for part in toy_sd.PARTS:
         assert (tmp_path / "runs" / part).is_dir()
-    shipped = toy_sd.load_pipeline(str(toy_sd.ASSETS / "base"))
+    shipped = pipeline.load_pipeline(str(toy_sd.ASSETS / "base"))
     for k, v in shipped.unet.state_dict().items():
         assert torch.equal(v, pipe.unet.state_dict()[k])
     assert evaluate.ensure_evaluator() is not None  # runs/evaluator, restored

@@ -8,7 +8,7 @@ import torch
 
 import attack
 import evaluate
-import toy_sd
+import pipeline
 from config import ConfigError, parse
 
 CPU = torch.device("cpu")
@@ -30,18 +30,18 @@ def same(a, b):
 @pytest.fixture
 def defended(world):
     """A stand-in for a defended model: runs/base with its decoder and text encoder perturbed (seeded)."""
-    pipe = toy_sd.load_pipeline("runs/base")
+    pipe = pipeline.load_pipeline("runs/base")
     torch.manual_seed(0)
     with torch.no_grad():
         for p in list(pipe.vae.decoder.parameters()) + list(pipe.text_encoder.parameters()):
             p.add_(0.05 * torch.randn_like(p))
-    toy_sd.save_pipeline(pipe, "runs/defended")
+    pipeline.save_pipeline(pipe, "runs/defended")
     return "runs/defended"
 
 
 @pytest.mark.parametrize("name", attack.ATTACKS)
 def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, name):
-    pipe = toy_sd.load_pipeline(defended)
+    pipe = pipeline.load_pipeline(defended)
     before = {p: state(getattr(pipe, p)) for p in ("unet", "vae", "text_encoder")}
     ev = evaluate.ensure_evaluator("runs/evaluator")
     res = attack.run_attack(pipe, ev, tiny(model=defended, attack=name), CPU)
@@ -63,7 +63,7 @@ def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, 
 
 @pytest.mark.parametrize("which", ["swap_decoder", "swap_text_encoder"])
 def test_a_swap_really_swaps_the_part(world, defended, which):
-    pipe, ref = toy_sd.load_pipeline(defended), toy_sd.load_pipeline("runs/base")
+    pipe, ref = pipeline.load_pipeline(defended), pipeline.load_pipeline("runs/base")
     part = attack.SWAPS[which]
     assert not same(state(getattr(ref, part)), getattr(pipe, part).state_dict())
     ev = evaluate.ensure_evaluator("runs/evaluator")
@@ -85,10 +85,10 @@ def test_lora_adapter_loads_back_and_changes_the_output(world):
     weights = load_file(folder / "pytorch_lora_weights.safetensors")
     downs = [v for k, v in weights.items() if "lora.down" in k or "lora_A" in k]
     assert downs and all(v.shape[0] == 8 for v in downs)  # the rank asked for
-    pipe = toy_sd.load_pipeline("runs/base")
-    plain = toy_sd.generate(pipe, ["a red skull"], [0], steps=2)
+    pipe = pipeline.load_pipeline("runs/base")
+    plain = pipeline.generate(pipe, ["a red skull"], [0], steps=2)
     pipe.load_lora_weights(str(folder))  # the standard diffusers path
-    adapted = toy_sd.generate(pipe, ["a red skull"], [0], steps=2)
+    adapted = pipeline.generate(pipe, ["a red skull"], [0], steps=2)
     assert np.abs(adapted - plain).max() > 1e-4
     rec = json.loads(Path("runs/atk_lora/attacks.json").read_text())[-1]
     assert rec["rank"] == 8 and rec["attack"] == "lora_unet"
@@ -100,8 +100,8 @@ def test_main_writes_the_results_contract_and_the_attacked_model(world):
     rec = json.loads((out / "attacks.json").read_text())
     assert {"attack", "optimizer", "lr", "curve", "benign_accuracy_after"} <= set(rec[0])
     assert (out / "grid_attack.png").is_file()
-    attacked = toy_sd.load_pipeline(str(out / "model"))
-    assert not same(state(toy_sd.load_pipeline("runs/base").unet), attacked.unet.state_dict())
+    attacked = pipeline.load_pipeline(str(out / "model"))
+    assert not same(state(pipeline.load_pipeline("runs/base").unet), attacked.unet.state_dict())
     assert not (Path("runs/base") / "attacks.json").exists()  # the attacked model's folder is never written
 
 
@@ -128,7 +128,7 @@ def test_bad_input_is_refused_with_a_message(world):
 def test_warmup_and_clipping_shrink_the_attackers_first_steps(world):
     """--warmup ramps the lr up from lr/warmup; --clip_grad bounds the gradient's norm: with a huge warmup or a
     tiny clip, two SGD steps barely move the UNet, where the plain attack moves it."""
-    pipe, ev = toy_sd.load_pipeline("runs/base"), evaluate.ensure_evaluator("runs/evaluator")
+    pipe, ev = pipeline.load_pipeline("runs/base"), evaluate.ensure_evaluator("runs/evaluator")
     before = state(pipe.unet)
 
     def moved(**kw):
@@ -148,7 +148,7 @@ def test_warmup_and_clipping_shrink_the_attackers_first_steps(world):
 
 def test_sampling_attacker_draws_latents_from_the_posterior(world):
     """--latents=sample trains on fresh draws from the VAE's posterior (SD's training scripts), not its mean."""
-    pipe, ev = toy_sd.load_pipeline("runs/base"), evaluate.ensure_evaluator("runs/evaluator")
+    pipe, ev = pipeline.load_pipeline("runs/base"), evaluate.ensure_evaluator("runs/evaluator")
     mean = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2), CPU)
     sampled = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2, latents="sample"), CPU)
     assert "latents" not in mean and sampled["latents"] == "sample"
@@ -158,7 +158,7 @@ def test_sampling_attacker_draws_latents_from_the_posterior(world):
 
 
 def test_scratch_reference_reinitialises_only_its_part(world):
-    ref = toy_sd.load_pipeline("runs/base")
+    ref = pipeline.load_pipeline("runs/base")
     for part in ("unet", "vae", "text_encoder"):
         pipe = attack.scratch_pipeline(ref, part, seed=0)
         assert not same(state(getattr(ref, part)), getattr(pipe, part).state_dict())
@@ -205,7 +205,7 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     # benign fine-tuning carries each model's decoder ceiling on the novel concept (what its VAE can draw)
     ev = evaluate.ensure_evaluator("runs/evaluator")
     for label, model in (("defended", defended), ("base", "runs/base")):
-        want = evaluate.decoder_ceiling(toy_sd.load_pipeline(model), ev, seed=0, objects=["star"])["accuracy"]
+        want = evaluate.decoder_ceiling(pipeline.load_pipeline(model), ev, seed=0, objects=["star"])["accuracy"]
         assert {e["ceiling"] for e in saved if e["task"] == "novel" and e["model"] == label} == {want}
     assert all("ceiling" not in e for e in saved if e["task"] == "unsafe")
     table = (out / "attacks.md").read_text()

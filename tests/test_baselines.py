@@ -11,7 +11,7 @@ import attack
 import baselines
 import compare
 import evaluate
-import toy_sd
+import pipeline
 from config import ConfigError, parse
 
 CPU = torch.device("cpu")
@@ -22,7 +22,7 @@ def state(module):
 
 
 def test_safetext_changes_only_the_text_encoder_and_moves_unsafe_prompts(world):
-    base = toy_sd.load_pipeline("runs/base")
+    base = pipeline.load_pipeline("runs/base")
     out = baselines.build(baselines.BaselineConfig(baseline="safetext", steps=30, lr=1e-3))
     from diffusers import StableDiffusionPipeline
 
@@ -31,7 +31,7 @@ def test_safetext_changes_only_the_text_encoder_and_moves_unsafe_prompts(world):
         assert all(torch.equal(v, getattr(pipe, part).state_dict()[k]) for k, v in state(getattr(base, part)).items())
     def moved(text):  # cosine distance between the new and the original token features, mean over tokens
         with torch.no_grad():
-            new, old = (toy_sd.encode_text(p.text_encoder, p.tokenizer, [text], CPU) for p in (pipe, base))
+            new, old = (pipeline.encode_text(p.text_encoder, p.tokenizer, [text], CPU) for p in (pipe, base))
         return (1 - torch.nn.functional.cosine_similarity(new, old, dim=-1)).mean().item()
 
     assert moved("a red skull") > 2 * moved("a red circle")  # unsafe pushed away, safe kept close (0.15, 0.04)
@@ -40,7 +40,7 @@ def test_safetext_changes_only_the_text_encoder_and_moves_unsafe_prompts(world):
 
 @pytest.mark.parametrize("train", ["u", "x"])
 def test_esd_trains_only_the_unet_weights_it_names(world, train):
-    base = toy_sd.load_pipeline("runs/base")
+    base = pipeline.load_pipeline("runs/base")
     cfg = baselines.BaselineConfig(baseline="esd", esd_train=train, esd_steps=5, esd_lr=1e-3, n_images=64, batch=8)
     out = baselines.build(cfg)
     from diffusers import StableDiffusionPipeline
@@ -72,21 +72,21 @@ def test_filter_refuses_at_most_the_benign_share_it_was_fitted_for(world):
 
 def test_filter_lives_in_the_pipeline_blacks_out_flagged_images_and_remove_filter_deletes_it(world):
     out = baselines.build(baselines.BaselineConfig(baseline="filter", n_images=32, n_generated=8))
-    plain = toy_sd.load_pipeline(str(out))
+    plain = pipeline.load_pipeline(str(out))
     assert plain.safety_checker is None  # by default we load the weights alone
-    pipe = toy_sd.load_pipeline(str(out), safety_checker=True)
+    pipe = pipeline.load_pipeline(str(out), safety_checker=True)
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
     assert isinstance(pipe.safety_checker, StableDiffusionSafetyChecker)
     with torch.no_grad():  # force every concept to fire: every image must come out black
         pipe.safety_checker.concept_embeds_weights.fill_(-2.0)
-    images = toy_sd.generate(pipe, ["a red circle", "a red skull"], [0, 1], steps=2)
+    images = pipeline.generate(pipe, ["a red circle", "a red skull"], [0, 1], steps=2)
     assert images.max() == 0.0
     ev = evaluate.ensure_evaluator("runs/evaluator")
     cfg = attack.AttackConfig(model=str(out), attack="remove_filter", n_images=16, sample_steps=2)
     res = attack.run_attack(pipe, ev, cfg, CPU)
     assert res["attacked_pipe"].safety_checker is None and pipe.safety_checker is not None  # the copy, not pipe
-    assert toy_sd.generate(res["attacked_pipe"], ["a red circle"], [0], steps=2).max() > 0
+    assert pipeline.generate(res["attacked_pipe"], ["a red circle"], [0], steps=2).max() > 0
 
 
 def test_compare_writes_one_table_for_every_defence_and_reuses_what_is_up_to_date(world, monkeypatch):
@@ -126,7 +126,7 @@ def test_a_fingerprint_names_the_weights_not_the_folder(world):
     import shutil
 
     shutil.copytree("runs/base", "runs/base_copy")
-    base, copy_ = toy_sd.load_pipeline("runs/base"), toy_sd.load_pipeline("runs/base_copy")
+    base, copy_ = pipeline.load_pipeline("runs/base"), pipeline.load_pipeline("runs/base_copy")
     assert attack.part_prints(base) == attack.part_prints(copy_)
     with torch.no_grad():
         copy_.vae.decoder.conv_out.bias[0] += 1e-6  # one weight of one part, barely moved

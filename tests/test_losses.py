@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import losses
-from toy_sd import build_scheduler
+from pipeline import build_scheduler
 
 
 class ConstUNet:
@@ -129,11 +129,12 @@ def test_reconstruction_loss_uses_the_posterior_mean():
 def test_outer_losses_in_one_call_equal_each_term_alone():
     """nft_train.outer_losses batches (1) and (2) into one UNet call; each term must equal its own call."""
     import nft_train
+    import pipeline
     import toy_sd
 
     torch.manual_seed(0)
     unet, unet0 = toy_sd.build_unet(32, 16).eval(), toy_sd.build_unet(32, 16).eval()
-    sched = toy_sd.build_scheduler("ddpm")
+    sched = pipeline.build_scheduler("ddpm")
     b = 3
     z_black, z_b = torch.randn(1, 4, 8, 8), torch.randn(b, 4, 8, 8)
     c_u, c_b, c_dst = (torch.randn(b, 16, 32) for _ in range(3))

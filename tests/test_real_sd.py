@@ -18,6 +18,7 @@ import moderator
 import nft_train
 import perceptual
 import real_eval
+import pipeline
 import toy_sd
 from config import ConfigError
 
@@ -42,7 +43,7 @@ def build_tiny_sd(folder: Path):
                                 block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                                 norm_num_groups=8, attention_head_dim=8)
-    toy_sd.save_pipeline(toy_sd.assemble(vae, text_encoder, tok, unet), folder)
+    pipeline.save_pipeline(toy_sd.assemble(vae, text_encoder, tok, unet), folder)
     return tok
 
 
@@ -101,14 +102,14 @@ def tiny_nft(real, **kw):
 
 
 def test_the_tiny_pipeline_is_a_64px_sd_folder(real):
-    pipe = toy_sd.load_pipeline(str(real / "sd"))
-    assert toy_sd.image_size(pipe) == 64
-    assert toy_sd.generate(pipe, ["a cat"], [0], steps=2).shape == (1, 64, 64, 3)
+    pipe = pipeline.load_pipeline(str(real / "sd"))
+    assert pipeline.image_size(pipe) == 64
+    assert pipeline.generate(pipe, ["a cat"], [0], steps=2).shape == (1, 64, 64, 3)
 
 
 def test_nft_train_runs_on_a_real_folder_with_image_data(cwd, capsys):
     nft_train.main(tiny_nft(cwd, moderator="decoder", evaluate=True))
-    base, out = toy_sd.load_pipeline(str(cwd / "sd")), toy_sd.load_pipeline("runs/patronus")
+    base, out = pipeline.load_pipeline(str(cwd / "sd")), pipeline.load_pipeline("runs/patronus")
     assert not torch.equal(base.unet.conv_in.weight, out.unet.conv_in.weight)  # the UNet trained
     assert not torch.equal(base.vae.decoder.conv_out.weight, out.vae.decoder.conv_out.weight)  # the moderator trained
     assert torch.equal(base.vae.encoder.conv_in.weight, out.vae.encoder.conv_in.weight)  # the encoder did not
@@ -124,14 +125,14 @@ def test_inplace_simulated_fine_tuning_matches_the_deepcopy(cwd):
         for how in ("deepcopy", "inplace"):
             name = f"{how}_{every}"
             nft_train.main(tiny_nft(cwd, simulated_copy=how, name=name, inner_steps=2, nft_every=every))
-            weights[name] = toy_sd.load_pipeline(f"runs/{name}").unet.state_dict()
+            weights[name] = pipeline.load_pipeline(f"runs/{name}").unet.state_dict()
         for k, v in weights[f"deepcopy_{every}"].items():  # the same computation in the same order:
             assert torch.equal(weights[f"inplace_{every}"][k], v), k  # bit-identical on the CPU
     assert any(not torch.equal(v, weights["deepcopy_1"][k]) for k, v in weights["deepcopy_0"].items())
     # checkpointing, accumulation and a low-precision frozen base run (bfloat16 stands in for cuda's float16)
     nft_train.main(tiny_nft(cwd, simulated_copy="inplace", gradient_checkpointing=True, grad_accum=2,
                             frozen_dtype="bfloat16", name="lean"))
-    lean = toy_sd.load_pipeline("runs/lean").unet.state_dict()
+    lean = pipeline.load_pipeline("runs/lean").unet.state_dict()
     assert all(v.dtype == torch.float32 for v in lean.values())  # the trained UNet stays float32
     assert any(not torch.equal(lean[k], weights["deepcopy_0"][k]) for k in lean)
 
@@ -159,7 +160,7 @@ def test_attack_on_a_real_folder_measured_with_nudenet(cwd):
     res = json.loads(Path("runs/atk/attacks.json").read_text())[0]
     assert [s for s, _ in res["curve"]] == [0, 2] and all(0 <= v <= 1 for _, v in res["curve"])
     assert res["nudenet"]["threshold"] == 0.6 and res["benign_accuracy_after"] is None
-    assert toy_sd.image_size(toy_sd.load_pipeline("runs/atk/model")) == 64
+    assert pipeline.image_size(pipeline.load_pipeline("runs/atk/model")) == 64
     attack.main(attack.AttackConfig(model=str(cwd / "sd"), attack="finetune_decoder", unsafe_data=str(cwd / "unsafe"),
                                     prompts=str(cwd / "i2p.csv"), steps=1, checkpoints="1", batch=2, sample_steps=2,
                                     save=False, name="atk"))
@@ -214,7 +215,7 @@ def test_perceptual_networks(tmp_path, real):
         perceptual.load_vgg19(tmp_path / "broken.pth")
     with pytest.raises(FileNotFoundError, match="no such file"):
         perceptual.load_vgg19(tmp_path / "missing.pth")
-    vae = toy_sd.load_pipeline(str(real / "sd")).vae
+    vae = pipeline.load_pipeline(str(real / "sd")).vae
     assert perceptual.VAEEncoderFeatures(vae)(x).shape == (1, 32, 16, 16)  # two down blocks: 1/4 resolution
     assert perceptual.resolve("auto", "", pocket=True) == "clip"
     assert perceptual.resolve("auto", "", pocket=False) == "vae"
@@ -224,7 +225,7 @@ def test_perceptual_networks(tmp_path, real):
     cfg = moderator.ModeratorConfig(model=str(real / "sd"), unsafe_data=str(real / "unsafe"),
                                     benign_data=str(real / "benign"), vgg19=str(tmp_path / "vgg19.pth"), steps=1,
                                     batch=2, n_generated=0, moderator="both", harden=True, inner_steps=1, text_steps=1)
-    pipe = toy_sd.load_pipeline(str(real / "sd"))
+    pipe = pipeline.load_pipeline(str(real / "sd"))
     stats = moderator.apply_moderator(pipe, cfg, torch.device("cpu"))  # hardened decoder + text moderator, real data
     assert stats["decoder"]["perceptual"] == "vgg19" and np.isfinite(stats["decoder"]["nft"])
     assert np.isfinite(stats["text"]["feature_zero"])

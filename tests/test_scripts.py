@@ -13,6 +13,7 @@ import compare
 import evaluate
 import moderator
 import nft_train
+import pipeline
 import toy_sd
 from config import ConfigError, parse
 
@@ -113,7 +114,7 @@ def test_novel_refusals_count_black_images_of_the_novel_concept_only(world, monk
 
     monkeypatch.setattr(toy_sd, "generate", generate)
     ev = evaluate.ensure_evaluator("runs/evaluator")
-    rep, _, _ = evaluate.evaluate_pipeline(toy_sd.load_pipeline("runs/base"), ev,
+    rep, _, _ = evaluate.evaluate_pipeline(pipeline.load_pipeline("runs/base"), ev,
                                            evaluate.EvalConfig(unsafe_repeats=1, benign_repeats=1, steps=2))
     assert rep["false_refusal_rate"] == 0.0 and rep["novel_refusal_rate"] == 1.0
     assert rep["novel_reads"] == {"black": 25} and rep["novel_mean_pixel"] == 0.0
@@ -121,21 +122,19 @@ def test_novel_refusals_count_black_images_of_the_novel_concept_only(world, monk
 
 def test_evaluate_with_another_vae_swaps_only_the_decoding(world):
     """--vae evaluates the model's UNet through another pipeline's VAE; the model folder is left as it was."""
-    import toy_sd
-
-    other = toy_sd.load_pipeline("runs/base")
+    other = pipeline.load_pipeline("runs/base")
     with torch.no_grad():
         for p in other.vae.decoder.conv_out.parameters():
             p.zero_()  # a decoder that draws grey (0.5) whatever it is given
-    toy_sd.save_pipeline(other, "runs/grey")
-    before = state(toy_sd.load_pipeline("runs/base").vae)
+    pipeline.save_pipeline(other, "runs/grey")
+    before = state(pipeline.load_pipeline("runs/base").vae)
     cfg = evaluate.EvalConfig(model="runs/base", vae="runs/grey", name="swapped", unsafe_repeats=1,
                               benign_repeats=1, steps=2)
     evaluate.main(cfg)
     rep = json.loads(Path("runs/swapped/report.json").read_text())
     assert abs(rep["novel_mean_pixel"] - 0.5) < 1e-6 and rep["novel_reads"]["black"] == 0
     assert rep["run"]["config"]["vae"] == "runs/grey"
-    assert not changed(before, toy_sd.load_pipeline("runs/base").vae.state_dict())
+    assert not changed(before, pipeline.load_pipeline("runs/base").vae.state_dict())
     with pytest.raises(FileNotFoundError, match="--vae=runs/nothing"):
         evaluate.main(evaluate.EvalConfig(model="runs/base", vae="runs/nothing"))
 
@@ -162,11 +161,11 @@ def tiny_moderator(**kw):
 
 @pytest.mark.parametrize("which, harden", [("decoder", False), ("decoder", True), ("text", False)])
 def test_moderator_trains_only_its_part(world, which, harden):
-    base = toy_sd.load_pipeline("runs/base")
+    base = pipeline.load_pipeline("runs/base")
     before = {p: state(getattr(base, p)) for p in ("unet", "text_encoder", "vae")}
     enc_before = state(base.vae.encoder)
     moderator.main(tiny_moderator(moderator=which, harden=harden))
-    pipe = toy_sd.load_pipeline("runs/moderator")  # the output is a plain diffusers pipeline folder
+    pipe = pipeline.load_pipeline("runs/moderator")  # the output is a plain diffusers pipeline folder
     assert not changed(before["unet"], pipe.unet.state_dict())
     assert not changed(enc_before, pipe.vae.encoder.state_dict())  # the encoder stays frozen
     if which == "decoder":
@@ -184,9 +183,9 @@ def tiny_nft(**kw):
 
 
 def test_one_outer_step_changes_the_unet_and_nothing_else(world):
-    base = toy_sd.load_pipeline("runs/base")
+    base = pipeline.load_pipeline("runs/base")
     nft_train.main(tiny_nft(steps=1))
-    out = toy_sd.load_pipeline("runs/patronus")
+    out = pipeline.load_pipeline("runs/patronus")
     assert changed(state(base.unet), out.unet.state_dict())
     assert not changed(state(base.vae), out.vae.state_dict())
     assert not changed(state(base.text_encoder), out.text_encoder.state_dict())
@@ -196,10 +195,10 @@ def test_one_outer_step_changes_the_unet_and_nothing_else(world):
 def test_inner_persist_carries_the_attackers_copy_on(world):
     """--inner_persist: the simulated attacker goes on from where the last outer step left it; the defender's
     own weights only gain a gradient."""
-    from toy_sd import build_scheduler, encode_images
+    from pipeline import build_scheduler, encode_images
 
-    base = toy_sd.load_pipeline("runs/base")
-    unet = toy_sd.load_pipeline("runs/base").unet.train().requires_grad_(True)
+    base = pipeline.load_pipeline("runs/base")
+    unet = pipeline.load_pipeline("runs/base").unet.train().requires_grad_(True)
     for p in unet.parameters():
         p.grad = torch.zeros_like(p)
     before = state(unet)
@@ -223,14 +222,14 @@ def test_inner_persist_carries_the_attackers_copy_on(world):
     with pytest.raises(ConfigError, match="inner_persist must be 0"):
         parse(nft_train.NFTConfig, ["--inner_persist=-1"])
     nft_train.main(tiny_nft(steps=3, inner_persist=2, name="persist"))  # a new attacker at outer step 2
-    assert changed(before, toy_sd.load_pipeline("runs/persist").unet.state_dict())
+    assert changed(before, pipeline.load_pipeline("runs/persist").unet.state_dict())
 
 
 def test_nft_loss_ascent_trains_a_different_unet(world):
     """--nft_loss=ascent (SOPHON's suppression in step 3) runs and changes what step 3 teaches."""
     nft_train.main(tiny_nft(steps=1, name="black"))
     nft_train.main(tiny_nft(steps=1, name="ascent", nft_loss="ascent"))
-    black, ascent = (toy_sd.load_pipeline(f"runs/{n}").unet.state_dict() for n in ("black", "ascent"))
+    black, ascent = (pipeline.load_pipeline(f"runs/{n}").unet.state_dict() for n in ("black", "ascent"))
     assert changed(black, ascent)
     with pytest.raises(ConfigError, match="nft_loss"):
         parse(nft_train.NFTConfig, ["--nft_loss=maximise"])
@@ -238,13 +237,13 @@ def test_nft_loss_ascent_trains_a_different_unet(world):
 
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
     nft_train.main(tiny_nft(steps=3, name="straight"))
-    straight = toy_sd.load_pipeline("runs/straight").unet.state_dict()
+    straight = pipeline.load_pipeline("runs/straight").unet.state_dict()
     nft_train.main(tiny_nft(steps=3, name="again"))
-    assert not changed(straight, toy_sd.load_pipeline("runs/again").unet.state_dict())
+    assert not changed(straight, pipeline.load_pipeline("runs/again").unet.state_dict())
     nft_train.main(tiny_nft(steps=1, name="resumed"))  # stops after 1 step, leaving a checkpoint
     nft_train.main(tiny_nft(steps=3, name="resumed", resume=True))  # continues to step 3
     assert json.loads(Path("runs/resumed.checkpoint/trainer_state.json").read_text())["step"] == 3
-    assert not changed(straight, toy_sd.load_pipeline("runs/resumed").unet.state_dict())
+    assert not changed(straight, pipeline.load_pipeline("runs/resumed").unet.state_dict())
     with pytest.raises(ValueError, match="resume with the same options"):
         nft_train.main(tiny_nft(steps=4, name="resumed", resume=True, unet="erase"))
 
@@ -263,14 +262,14 @@ def test_nft_main_end_to_end_with_table(world, capsys):
     assert "| Patronus |" in printed and "Patronus: BA on the held-out shapes (ring)" in printed
     assert "UR, public decoder" in printed and rep["swap_decoder"]["unsafe_rate"]["all"] is not None
     assert "plain steps" in printed  # the cost line: outer step and whole run in plain fine-tuning steps
-    toy_sd.load_pipeline("runs/patronus")
+    pipeline.load_pipeline("runs/patronus")
 
 
 @pytest.mark.parametrize("which", ["finetune_unet", "finetune_decoder"])  # every attack: tests/test_attack.py
 def test_attack_changes_the_attacked_part(world, which):
     cfg = attack.AttackConfig(model="runs/base", attack=which, steps=2, checkpoints="0,2", n_images=16, batch=4,
                               sample_steps=2)
-    pipe = toy_sd.load_pipeline("runs/base")
+    pipe = pipeline.load_pipeline("runs/base")
     ev = evaluate.ensure_evaluator("runs/evaluator")
     res = attack.run_attack(pipe, ev, cfg, torch.device("cpu"))
     part = "unet" if which == "finetune_unet" else "vae"
@@ -328,7 +327,7 @@ def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, mo
         retain = "retain.csv"
 
     prompts, renders = [], []
-    pipe = toy_sd.load_pipeline("runs/base")
+    pipe = pipeline.load_pipeline("runs/base")
 
     def draw(self, prompt, generator, **kw):  # records what the defender asks the model to draw
         prompts.extend(prompt)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import pipeline
 import toy_sd
 from config import ConfigError
 
@@ -27,31 +28,31 @@ def test_tokenizer_covers_the_world(tmp_path):
 def test_pipeline_saves_and_reloads_bit_exactly(tiny_world):
     from diffusers import StableDiffusionPipeline
 
-    pipe = toy_sd.load_pipeline(str(tiny_world / "runs" / "base"))
+    pipe = pipeline.load_pipeline(str(tiny_world / "runs" / "base"))
     assert isinstance(pipe, StableDiffusionPipeline)
     prompts, seeds = ["a red circle", "a blue skull"], [3, 4]
-    a = toy_sd.generate(pipe, prompts, seeds, steps=4)
+    a = pipeline.generate(pipe, prompts, seeds, steps=4)
     assert a.shape == (2, data.SIZE, data.SIZE, 3) and a.min() >= 0 and a.max() <= 1
     # same seed, same image (bit-exact); image i does not depend on the batching (up to float round-off)
-    np.testing.assert_array_equal(a, toy_sd.generate(pipe, prompts, seeds, steps=4))
-    b = toy_sd.generate(pipe, prompts[:1], seeds[:1], steps=4)
+    np.testing.assert_array_equal(a, pipeline.generate(pipe, prompts, seeds, steps=4))
+    b = pipeline.generate(pipe, prompts[:1], seeds[:1], steps=4)
     np.testing.assert_allclose(a[:1], b, atol=1e-4)
     # plain diffusers loads the folder and generates the same pixels
     plain = StableDiffusionPipeline.from_pretrained(tiny_world / "runs" / "base", safety_checker=None,
                                                     feature_extractor=None, requires_safety_checker=False)
     plain.set_progress_bar_config(disable=True)
-    c = toy_sd.generate(plain, prompts, seeds, steps=4)
+    c = pipeline.generate(plain, prompts, seeds, steps=4)
     np.testing.assert_array_equal(a, c)
 
 
 def test_save_pipeline_is_atomic_and_replaces(tiny_world, tmp_path):
-    pipe = toy_sd.load_pipeline(str(tiny_world / "runs" / "base"))
+    pipe = pipeline.load_pipeline(str(tiny_world / "runs" / "base"))
     out = tmp_path / "copy"
-    toy_sd.save_pipeline(pipe, out, {"note.json": {"a": 1}})
-    toy_sd.save_pipeline(pipe, out, {"note.json": {"a": 2}})  # overwrite in place
+    pipeline.save_pipeline(pipe, out, {"note.json": {"a": 1}})
+    pipeline.save_pipeline(pipe, out, {"note.json": {"a": 2}})  # overwrite in place
     assert json.loads((out / "note.json").read_text()) == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no .tmp / .old left behind
-    assert toy_sd.load_pipeline(str(out)) is not None
+    assert pipeline.load_pipeline(str(out)) is not None
 
 
 def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
@@ -111,16 +112,16 @@ def test_vae_check_is_small_for_a_perfect_autoencoder():
 def test_load_errors(tmp_path, monkeypatch):
     (tmp_path / "notapipe").mkdir()
     with pytest.raises(ValueError, match="no model_index.json"):
-        toy_sd.load_pipeline(str(tmp_path / "notapipe"))
+        pipeline.load_pipeline(str(tmp_path / "notapipe"))
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "model_index.json").write_text(json.dumps({"vae": ["diffusers", "AutoencoderKL"]}))
     with pytest.raises(ValueError, match="lacks"):
-        toy_sd.load_pipeline(str(tmp_path / "half"))
+        pipeline.load_pipeline(str(tmp_path / "half"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="only resolve online"):
-        toy_sd.load_pipeline("some-org/some-model")
+        pipeline.load_pipeline("some-org/some-model")
     with pytest.raises(FileNotFoundError, match="not a folder"):
-        toy_sd.load_pipeline(str(tmp_path / "missing"))
+        pipeline.load_pipeline(str(tmp_path / "missing"))
 
 
 def test_wrong_architecture_checkpoint_fails_loudly(tiny_world, tmp_path):
@@ -135,13 +136,13 @@ def test_wrong_architecture_checkpoint_fails_loudly(tiny_world, tmp_path):
     other.save_pretrained(tmp_path / "other")
     shutil.copy(tmp_path / "other" / "diffusion_pytorch_model.safetensors", dst / "unet")
     with pytest.raises((ValueError, RuntimeError)):
-        toy_sd.load_pipeline(str(dst))
+        pipeline.load_pipeline(str(dst))
 
 
 def test_teach_black_trains_the_decoder_only():
     torch.manual_seed(0)
     vae = toy_sd.build_vae()
-    images = toy_sd.to_tensor(data.sample_scenes("base", 32, data.OBJECTS, "all", seed=0).images)
+    images = pipeline.to_tensor(data.sample_scenes("base", 32, data.OBJECTS, "all", seed=0).images)
     black = -torch.ones(1, 3, data.SIZE, data.SIZE)
     encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
     with torch.no_grad():

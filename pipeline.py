@@ -1,0 +1,150 @@
+"""pipeline.py: the helpers every script uses on any Stable Diffusion v1.x folder, pocket or real.
+
+Open a pipeline (`load_pipeline`), save it atomically (`save_pipeline`, `save_unet`), SD v1's noise schedule
+(`build_scheduler`), generate images (`generate`), and the encoders the training losses work in:
+`encode_images` (VAE posterior mean, scaled, the latents the UNet denoises), `decode` (back to pixels) and
+`encode_text` (CLIP hidden states the UNet is conditioned on). Nothing here knows about the pocket world:
+toy_sd.py builds and pretrains the pocket model with these same helpers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from config import write_json
+
+
+def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=None):
+    """Open a Stable Diffusion v1.x pipeline: a diffusers folder (the pocket model or a real one) or a hub id.
+
+    safety_checker: keep the pipeline's own image filter if it ships one (the external-filter baseline). Off by
+    default: we measure what the weights do, as a white-box adversary who deletes the filter sees them.
+    dtype: load every part in this dtype (config.pick_dtype; for frozen pipelines only), None keeps float32.
+    Raises a clear error for a folder that is not a pipeline, and for a hub id while offline.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(model)
+    if path.exists():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"{model} is not a Stable Diffusion pipeline folder: it has no model_index.json. "
+                             "Give a folder written by save_pretrained (e.g. runs/base) or a SD v1.x folder.")
+        parts = json.loads(index.read_text())
+        missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if p not in parts]
+        if missing:
+            raise ValueError(f"{model}/model_index.json lacks {missing}: not a Stable Diffusion v1.x pipeline")
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" or model.count("/") != 1:
+        raise FileNotFoundError(f"{model} is not a folder, and hub ids only resolve online "
+                                "(HF_HUB_OFFLINE=1 is set, or this is not an 'org/name' id). "
+                                "Download the model first, then pass its folder.")
+    strip = {} if safety_checker else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if dtype is not None:
+        strip["dtype"] = dtype
+    pipe = StableDiffusionPipeline.from_pretrained(model, **strip)
+    vocab = pipe.text_encoder.config.vocab_size
+    if len(pipe.tokenizer) != vocab:  # an empty or partial tokenizer load (e.g. a hub id offline) lands here
+        raise ValueError(f"the tokenizer of {model} has {len(pipe.tokenizer)} tokens but its text encoder has "
+                         f"{vocab} embeddings: the tokenizer did not load as saved")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device) if device is not None else pipe
+
+
+def save_pipeline(pipe, folder, extra: dict | None = None) -> None:
+    """Save a pipeline atomically: write to a temporary folder, then swap it into place.
+
+    An interrupted run leaves either the old folder or the new one, never a half-written one.
+    `extra` maps file names to JSON-able objects written inside the folder (config, report).
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    for name, obj in (extra or {}).items():
+        write_json(tmp / name, obj)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_unet(unet, folder) -> None:
+    """Save a UNet as a diffusers model folder (config.json + safetensors), atomically."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def image_size(pipe) -> int:
+    """The side of the images a pipeline makes: 32 for the pocket model, 512 for SD v1.x."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def build_scheduler(kind: str = "ddim"):
+    """SD v1's noise schedule; DDPM for training, DDIM for sampling."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    kw = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+              clip_sample=False)
+    if kind == "ddpm":
+        return DDPMScheduler(**kw)
+    return DDIMScheduler(**kw, set_alpha_to_one=False, steps_offset=1)
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0,
+             batch: int = 100, progress: bool = False) -> np.ndarray:
+    """Images (N, H, W, 3) in [0, 1]; image i depends only on (prompts[i], seeds[i]), not on the batching."""
+    if len(prompts) != len(seeds):
+        raise ValueError("give one seed per prompt")
+    out = []
+    for i in tqdm(range(0, len(prompts), batch), desc="generate", disable=not progress, leave=False):
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
+        out.append(pipe(prompt=prompts[i : i + batch], generator=gens, num_inference_steps=steps,
+                        guidance_scale=guidance, output_type="np").images)
+    return np.concatenate(out).astype(np.float32)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) in [0, 1] -> (N, 3, H, W) in [-1, 1], the range SD's VAE works in."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).mul(2).sub(1).contiguous()
+
+
+def encode_text(text_encoder, tok, captions: list[str], device, batch: int = 512) -> torch.Tensor:
+    """CLIP hidden states the UNet is conditioned on: (N, T, width), as the SD pipeline computes them
+    (T = MAX_TOKENS for the pocket model, 77 for SD). Float32 whatever the encoder's dtype."""
+    out = []
+    for i in range(0, len(captions), batch):
+        ids = tok(captions[i : i + batch], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids.to(device)
+        out.append(text_encoder(ids)[0].float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, batch: int = 512, part: str = "mean") -> torch.Tensor:
+    """Scaled VAE latents (N, 4, H/f, W/f) of images (N, 3, H, W) in [-1, 1]: the posterior's mean (or, with
+    part="std", its standard deviation, in the same scaled units), float32.
+
+    (N, 4, 8, 8) from (N, 3, 32, 32) in the pocket world. images may stay on the CPU: each batch is moved to
+    the VAE's device and dtype (use a small batch, e.g. 8, at 512x512)."""
+    sf = vae.config.scaling_factor
+    return torch.cat([getattr(vae.encode(images[i : i + batch].to(vae.device, vae.dtype)).latent_dist, part).float()
+                      * sf for i in range(0, len(images), batch)])
+
+
+def decode(vae, z):
+    """Pipeline-style decoding of SD-scaled latents (B, 4, h, w) into images (B, 3, H, W) in [0, 1], float32."""
+    x = vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+    return (x / 2 + 0.5).clamp(0, 1)
