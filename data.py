@@ -1,4 +1,4 @@
-"""data.py: the pocket world, and loaders for real data.
+"""data.py: the data of Patronus's setting (arXiv 2510.16581): the pocket world, and loaders for real data.
 
 The pocket world is a miniature of the text-to-image safety setting that trains on a 2-core CPU in minutes:
 32x32 scenes of one object on a background, with captions. Benign objects are plain shapes; the two *unsafe
@@ -289,10 +289,11 @@ def load_prompt_csv(path) -> list[Prompt]:
             raise ValueError(f"{path} has no 'prompt' column (columns: {reader.fieldnames}); "
                              "an I2P-format CSV needs at least a 'prompt' header")
         rows = list(reader)
-    out = []
+    out, empty = [], []
     for i, row in enumerate(rows, 2):  # line 1 is the header
         text = (row.get("prompt") or "").strip()
         if not text:
+            empty.append(i)
             continue
         try:
             seed = int(float(row["evaluation_seed"])) if row.get("evaluation_seed") else None
@@ -302,7 +303,12 @@ def load_prompt_csv(path) -> list[Prompt]:
         cats = [c.strip() for c in (row.get("categories") or "").split(",") if c.strip()]
         out.append(Prompt(text, cats, seed, guidance))
     if not out:
-        raise ValueError(f"{path} has no non-empty prompts")
+        why = f"all {len(rows)} of its rows have an empty 'prompt'" if rows else "it has a header and no rows"
+        raise ValueError(f"{path} has no non-empty prompts: {why}")
+    if empty:  # I2P itself has one such row: say so, rather than evaluate one prompt fewer in silence
+        lines = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        print(f"note: skipped {len(empty)} of {len(rows)} rows of {path.name} with an empty prompt "
+              f"(line{'s' if len(empty) > 1 else ''} {lines})")
     return out
 
 

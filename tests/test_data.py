@@ -108,3 +108,17 @@ def test_prompt_csv_loader(tmp_path):
     (tmp_path / "badseed.csv").write_text("prompt,evaluation_seed\nhi,abc\n")
     with pytest.raises(ValueError, match="line 2"):
         data.load_prompt_csv(tmp_path / "badseed.csv")
+
+
+def test_prompt_csv_loader_says_which_empty_prompts_it_skips(tmp_path, capsys):
+    """I2P has one row with an empty prompt: the loader skips it, and says so."""
+    path = tmp_path / "i2p.csv"
+    path.write_text('prompt,categories\n"a skull",violence\n"  ",sexual\n"crossed swords",violence\n,hate\n')
+    assert [p.prompt for p in data.load_prompt_csv(path)] == ["a skull", "crossed swords"]
+    assert capsys.readouterr().out == "note: skipped 2 of 4 rows of i2p.csv with an empty prompt (lines 3, 5)\n"
+    path.write_text('prompt,categories\n"a skull",violence\n')
+    data.load_prompt_csv(path)
+    assert capsys.readouterr().out == ""  # nothing skipped, nothing said
+    path.write_text('prompt,categories\n,violence\n" ",gore\n')
+    with pytest.raises(ValueError, match="no non-empty prompts: all 2 of its rows have an empty 'prompt'"):
+        data.load_prompt_csv(path)

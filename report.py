@@ -1,0 +1,239 @@
+"""report.py: tables and plots of evaluation and attack results, the numbers Patronus (arXiv 2510.16581) is
+judged by: unsafe rate and benign quality per model, and how the unsafe rate grows under fine-tuning attacks.
+
+markdown_table: one row per evaluated model (evaluate.py's report.json). For attack.py's suites: attack_table
+(the strongest learning rate per attack, defended against base and from-scratch, steps to reach a UR),
+grid_table (every optimizer and learning rate tried) and plot_curves (UR against attack steps).
+
+Run `python evaluate.py --table=runs/base,runs/patronus` or `python evaluate.py --attacks=<suite's run folder>`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluation reports (evaluate.py): one row per model
+def markdown_table(folders: list[str]) -> str:
+    """One row per run folder, read from its report.json (written by this script or by nft_train.py, whose
+    reports add the public-decoder and after-attack columns); with several folders (e.g. one run per seed) a
+    last row gives each column's mean and [min, max]."""
+    cols = ["UR defense", "UR heldout", "BA", "false refusals", "refusals of a novel concept", "UR, public decoder",
+            "UR after attack", "BA after attack", "MSE to base", "FD to base"]
+    rows, values = [], []
+    for folder in folders:
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run `python evaluate.py --model={folder}` first")
+        r = json.loads(path.read_text())
+        ur, fid, att = r["unsafe_rate"], r.get("fidelity", {}), r.get("attack", {})
+        got = [ur["defense"], ur["heldout"], r["benign_accuracy"], r["false_refusal_rate"],
+               r.get("novel_refusal_rate"), r.get("swap_decoder", {}).get("unsafe_rate", {}).get("all"),
+               att.get("unsafe_rate_after", {}).get("all"), att.get("benign_accuracy_after"),
+               fid.get("mse_to_base"), fid.get("fd_to_base")]
+        values.append(got)
+        rows.append(f"| {folder} | " + " | ".join(_cell(v, c) for v, c in zip(got, cols)) + f" | {r['n_images']} |")
+    if len(folders) > 1:
+        cells = []
+        for c, column in zip(cols, zip(*values)):
+            v = [x for x in column if x is not None]
+            cells.append(f"{_cell(sum(v) / len(v), c)} [{_cell(min(v), c)}, {_cell(max(v), c)}]" if v else "-")
+        rows.append(f"| mean [min, max] of {len(folders)} | " + " | ".join(cells) + " | |")
+    head = ["| model | " + " | ".join(cols) + " | images |", "|---" * (len(cols) + 2) + "|"]
+    return "\n".join(head + rows)
+
+
+def _cell(v, column: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if column == "MSE to base" else f"{v:.2f}" if column == "FD to base" else f"{v:.3f}"
+
+
+def format_row(name: str, rep: dict) -> str:
+    ur = rep.get("unsafe_rate", {})
+    return (f"{name}: UR defense {ur.get('defense', float('nan')):.3f} heldout {ur.get('heldout', float('nan')):.3f} | "
+            f"BA {rep.get('benign_accuracy', float('nan')):.3f} | false refusals {rep.get('false_refusal_rate', float('nan')):.3f}"
+            f" | refusals of a novel concept {rep.get('novel_refusal_rate', float('nan')):.3f}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# attack reports (attack.py's suites): resilience table and curves
+MODEL_COLOURS = {"defended": (200, 30, 30), "base": (30, 80, 210), "scratch": (120, 120, 120),
+                 "patronus": (200, 30, 30), "none": (30, 80, 210)}  # compare.py's names for the same two
+PALETTE = [(230, 120, 0), (0, 150, 70), (150, 50, 180), (0, 170, 190), (190, 160, 0), (120, 70, 30), (240, 80, 160)]
+
+
+def model_colours(models: list[str]) -> dict:
+    """A line colour per model: the suite's three fixed ones, then the palette for any other (compare.py's)."""
+    others = iter(PALETTE * 3)
+    return {m: MODEL_COLOURS.get(m) or next(others) for m in models}
+
+
+def steps_to(curve: list, threshold: float = 0.5) -> int | None:
+    """The first measured step at which a curve [[steps, value], ...] reaches threshold; None if it never does."""
+    return next((s for s, v in curve if v is not None and v >= threshold), None)
+
+
+def mean_curves(entries: list[dict], key: str = "curve") -> dict:
+    """Entries of attack.py grouped by (attack, task) then model, curves `key` averaged over seeds."""
+    groups: dict = {}
+    for e in entries:
+        groups.setdefault((e["attack"], e.get("task", "unsafe")), {}).setdefault(e["model"], []).append(e)
+    out = {}
+    for group, by_model in groups.items():
+        out[group] = {}
+        for model, runs in by_model.items():
+            steps = [s for s, _ in runs[0][key]]
+            values = np.array([[v for _, v in r[key]] for r in runs], dtype=float)  # (seeds, points)
+            ba = [r["benign_accuracy_after"] for r in runs if r.get("benign_accuracy_after") is not None]
+            out[group][model] = {"curve": [[s, float(v)] for s, v in zip(steps, values.mean(0))],
+                               "optimizer": runs[0]["optimizer"], "lr": runs[0]["lr"], "seeds": len(runs),
+                               "benign_accuracy_after": float(np.mean(ba)) if ba else None,
+                               "ceiling": runs[0].get("ceiling")}  # benign fine-tuning: what its decoder can draw
+    return out
+
+
+def attack_table(entries: list[dict], threshold: float = 0.5, key: str = "curve", name: str = "UR",
+                 novel_threshold: float = 0.9) -> str:
+    """Markdown: one row per attack with the defended, base and from-scratch values at the last step, the steps
+    each needs to reach `threshold`, and defended/scratch (how much longer the defended model holds out).
+    Benign fine-tuning (task 'novel') gets its own block, counted to `novel_threshold` (learnt, not begun); where
+    its runs carry their decoder's ceiling on the novel concept (attack_grid measures it), to that fraction of
+    each model's ceiling, since no UNet can draw what its decoder cannot."""
+    def last(m):
+        if m is None:
+            return "-"
+        return f"{m['curve'][-1][1]:.2f}" + (f" (of {m['ceiling']:.2f})" if m.get("ceiling") is not None else "")
+
+    def goal(m, at):  # the threshold a curve is counted to: a fraction of its ceiling, if it has one
+        return at * m["ceiling"] if m.get("ceiling") is not None else at
+
+    def steps(m, at):
+        if m is None:
+            return "-"
+        s = steps_to(m["curve"], goal(m, at))
+        return str(s) if s is not None else f">{m['curve'][-1][0]}"
+
+    def ratio(d, s, at):
+        if d is None or s is None:
+            return "-"
+        sd, ss = steps_to(d["curve"], goal(d, at)), steps_to(s["curve"], goal(s, at))
+        if not ss:  # scratch never reaches it (or is there at step 0): no ratio
+            return "n/a"
+        return f"{sd / ss:.2f}" if sd is not None else f">{d['curve'][-1][0] / ss:.1f}"
+
+    def recipe(m):
+        return "no training" if m is None or m["optimizer"] is None else f"{m['optimizer']} {m['lr']:g}"
+
+    rows, curves = [], mean_curves(entries, key)
+    for task, title, at in (("unsafe", name, threshold), ("novel", "novel acc", novel_threshold)):
+        block = {a: g for (a, t), g in curves.items() if t == task}
+        if not block:
+            continue
+        ceilings = any(m.get("ceiling") is not None for g in block.values() for m in g.values())
+        target = f"{at:g} x its decoder's ceiling" if ceilings else f"{at:g}"
+        rows += [f"| {'attack' if task == 'unsafe' else 'benign fine-tuning'} | best optimizer, lr (defended / "
+                 f"base / scratch) | {title} defended | {title} base | {title} scratch | steps to {title} "
+                 f"{target}: defended / base / scratch | defended / scratch | BA after (defended) |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for attack, g in block.items():
+            d, b, s = g.get("defended"), g.get("base"), g.get("scratch")
+            ba = d.get("benign_accuracy_after") if d else None
+            rows.append(f"| {attack} | {' / '.join(recipe(m) for m in (d, b, s) if m is not None)} | "
+                        f"{last(d)} | {last(b)} | {last(s)} | "
+                        f"{steps(d, at)} / {steps(b, at)} / {steps(s, at)} | {ratio(d, s, at)} | "
+                        f"{'-' if ba is None else f'{ba:.2f}'} |")
+        rows.append("")
+    return "\n".join(rows).rstrip()
+
+
+def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
+    """Markdown: every (optimizer, lr) an attack tried, not only the strongest: one row per attack and model, a
+    column per pair, each cell the unsafe rate at the last step (its peak along the curve in brackets), seeds
+    averaged; the pair the suite kept (the strongest by `suites.strength`) in bold. Unsafe-data runs only."""
+    runs = [e for e in entries if e.get("task", "unsafe") == "unsafe" and e["optimizer"] is not None]
+    pairs = list(dict.fromkeys((e["optimizer"], e["lr"]) for e in runs))
+    cells: dict = {}
+    for e in runs:
+        cells.setdefault((e["attack"], e["model"]), {}).setdefault((e["optimizer"], e["lr"]), []).append(e)
+    rows = ["| attack | model | " + " | ".join(f"{o} {lr:g}" for o, lr in pairs) + " |",
+            "|---|---|" + "---|" * len(pairs)]
+    for (attack, model), by_pair in cells.items():
+        out = []
+        for pair in pairs:
+            if pair not in by_pair:
+                out.append("-")
+                continue
+            values = np.array([[v for _, v in e[key]] for e in by_pair[pair]], dtype=float).mean(0)
+            text = f"{values[-1]:.2f} ({values.max():.2f})"
+            out.append(f"**{text}**" if any(e.get("best") for e in by_pair[pair]) else text)
+        rows.append(f"| {attack} | {model} | " + " | ".join(out) + " |")
+    return "\n".join(rows)
+
+
+def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) -> str:
+    """An attack suite's report from its runs (suites.run_suite; evaluate.py --attacks): attacks.md (the strongest
+    (optimizer, lr) per attack and model, faithful then plain UR, then every pair tried), curves.png (faithful)
+    and curves_plain.png, titled with the suite, the attacked model and the seeds. Returns the Markdown."""
+    title = f"{suite} suite on {model}, seeds {seeds}, best lr per attack and model"
+    best = [e for e in entries if e["best"]]
+    table = (f"Faithful UR (the evaluator names the prompt's glyph and colour); best lr per attack and model:\n\n"
+             f"{attack_table(best, key='curve_faithful', name='fUR')}\n\n"
+             f"Plain UR (the evaluator calls the image a glyph; counts its guesses on noise), same runs:\n\n"
+             f"{attack_table(best)}\n\n"
+             f"Every (optimizer, lr) tried: faithful UR at the last step (its peak along the curve), the kept one "
+             f"in bold:\n\n{grid_table(entries)}")
+    tmp = out / "attacks.md.tmp"
+    tmp.write_text(table + "\n")
+    tmp.replace(out / "attacks.md")
+    plot_curves(best, out / "curves.png", title=title, key="curve_faithful", name="faithful UR")
+    plot_curves(best, out / "curves_plain.png", title=title)
+    return table
+
+
+def plot_curves(entries: list[dict], path, title: str = "", panel=(240, 170), key: str = "curve",
+                name: str = "UR") -> None:
+    """A PNG of curves `key` against attack steps: one panel per attack, one line per model (colours above)."""
+    from PIL import Image, ImageDraw
+
+    groups = mean_curves(entries, key)
+    cols = min(4, max(1, len(groups)))
+    rows = (len(groups) + cols - 1) // cols
+    pw, ph = panel
+    left, top, right, bottom = 34, 20, 10, 26  # margins inside a panel, pixels
+    sheet = Image.new("RGB", (max(cols * pw, 6 * len(title) + 12, 300), rows * ph + 36), "white")  # room for the title
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 4), title, fill="black")
+    colours = model_colours(list(dict.fromkeys(m for g in groups.values() for m in g)))
+    x0 = 6
+    for model, colour in colours.items():  # legend
+        draw.line([(x0, 26), (x0 + 16, 26)], fill=colour, width=3)
+        draw.text((x0 + 20, 20), model, fill="black")
+        x0 += 90
+    for k, ((attack, task), by_model) in enumerate(groups.items()):
+        ox, oy = (k % cols) * pw, (k // cols) * ph + 36
+        w, h = pw - left - right, ph - top - bottom
+        last = max(s for m in by_model.values() for s, _ in m["curve"])
+        X = lambda s: ox + left + w * s / max(last, 1)  # noqa: E731
+        Y = lambda v: oy + top + h * (1 - v)  # noqa: E731
+        draw.rectangle([ox + left, oy + top, ox + left + w, oy + top + h], outline=(160, 160, 160))
+        for v in (0.0, 0.5, 1.0):
+            draw.line([(ox + left, Y(v)), (ox + left + w, Y(v))], fill=(225, 225, 225))
+            draw.text((ox + 4, Y(v) - 6), f"{v:.1f}", fill="black")
+        draw.text((ox + left, oy + 4), f"{attack} ({'novel acc' if task == 'novel' else name})", fill="black")
+        draw.text((ox + left, oy + top + h + 4), "0", fill="black")
+        draw.text((ox + left + w - 60, oy + top + h + 4), f"{last} steps" if last else "no training", fill="black")
+        for model, m in by_model.items():
+            pts = [(X(s), Y(v)) for s, v in m["curve"]]
+            colour = colours[model]
+            if len(pts) > 1:
+                draw.line(pts, fill=colour, width=2)
+            for x, y in pts:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp.png"
+    sheet.save(tmp)
+    Path(tmp).replace(path)
