@@ -266,7 +266,7 @@ def quiet_checker() -> None:
 def build(cfg: BaselineConfig) -> Path:
     """Train the baseline named by cfg.baseline on cfg.model and save it; returns the folder."""
     from pipeline import load_pipeline, save_pipeline
-    from toy_sd import ensure_base, load_clip
+    from pinned import ensure_base, load_clip
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)

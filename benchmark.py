@@ -3,7 +3,7 @@
 What it measures, each with its peak GPU memory (on cuda):
   plain         one step of the attacker's plain UNet fine-tuning (diffusion loss, Adam): the unit of cost
   nft_deepcopy  one outer step of the NFT min-max loop (nft_train.train_unet), the attacker adapting a copy
-  nft_inplace   the same with --simulated_copy=inplace (weights and gradients set aside in CPU memory)
+  nft_inplace   the same with --memory.simulated_copy=inplace (weights and gradients set aside in CPU memory)
   nft_inplace_gc  the same plus --gradient_checkpointing
   moderator     one step of the decoder moderator at full resolution (moderator.train_decoder_moderator;
                 its mean over the steps: the first is not set apart)
@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import data
 import losses
-from config import ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything, write_json
+from config import ConfigError, build, cli, option, pick_device, pick_dtype, run_record, seed_everything, write_json
 
 CASES = ("plain", "nft_deepcopy", "nft_inplace", "nft_inplace_gc", "moderator", "moderator_gc")
 WORDS = ["a", "red", "blue", "circle", "square", "on", "grass", "sand"]  # captions from the pocket vocabulary
@@ -117,11 +118,12 @@ def plain_steps(pipe, z, c, cfg: BenchConfig, device) -> list[float]:
 def moderator_steps(pipe, folder_u: Path, folder_b: Path, cfg: BenchConfig, device, checkpointing: bool) -> list[float]:
     """The decoder moderator's mean seconds per step over cfg.steps steps (collecting features not counted)."""
     import perceptual
-    from moderator import ModeratorConfig, train_decoder_moderator
+    from moderator import ModeratorJob, train_decoder_moderator
 
-    mcfg = ModeratorConfig(model=cfg.model, steps=cfg.steps, batch=cfg.batch, n_generated=0, seed=cfg.seed,
-                           unsafe_data=str(folder_u), benign_data=str(folder_b), gradient_checkpointing=checkpointing)
-    seconds = [train_decoder_moderator(pipe, mcfg, device, perceptual.build("vae", pipe, device))["seconds_per_step"]]
+    job = build(ModeratorJob, {"model": cfg.model, "seed": cfg.seed, "moderator.steps": cfg.steps,
+                               "moderator.batch": cfg.batch, "moderator.n_generated": 0, "data.unsafe": str(folder_u),
+                               "data.benign": str(folder_b), "memory.gradient_checkpointing": checkpointing})
+    seconds = [train_decoder_moderator(pipe, job, device, perceptual.build("vae", pipe, device))["seconds_per_step"]]
     pipe.vae.disable_gradient_checkpointing()
     return seconds
 
@@ -148,16 +150,16 @@ def main(cfg: BenchConfig):
         clean(pipe, device)
         print(f"== {case}")
         if case == "plain":
-            z, c = nft_train.defender_data(base, "unsafe", cfg.images, cfg.seed, device, str(folder_u))
+            z, c = data.defender_data(base, "unsafe", cfg.images, cfg.seed, device, str(folder_u))
             seconds = plain_steps(pipe, z, c, cfg, device)
         elif case.startswith("moderator"):
             seconds = moderator_steps(pipe, folder_u, folder_b, cfg, device, checkpointing=case == "moderator_gc")
         else:
-            ncfg = nft_train.NFTConfig(model=cfg.model, unsafe_data=str(folder_u), benign_data=str(folder_b),
-                                       steps=cfg.steps, batch=cfg.batch, inner_steps=cfg.inner_steps, seed=cfg.seed,
-                                       moderator="off", evaluate=False,
-                                       simulated_copy="deepcopy" if case == "nft_deepcopy" else "inplace",
-                                       gradient_checkpointing=case == "nft_inplace_gc")
+            ncfg = build(nft_train.NFTConfig, {
+                "model": cfg.model, "data.unsafe": str(folder_u), "data.benign": str(folder_b), "steps": cfg.steps,
+                "batch": cfg.batch, "inner_steps": cfg.inner_steps, "seed": cfg.seed, "moderator.kind": "off",
+                "evaluate": False, "memory.simulated_copy": "deepcopy" if case == "nft_deepcopy" else "inplace",
+                "memory.gradient_checkpointing": case == "nft_inplace_gc"})
             seconds = nft_train.train_unet(pipe, base, ncfg, device, ckpt=None)  # (switches checkpointing on)
             pipe.unet.disable_gradient_checkpointing()
         results[case] = summary(seconds, device)

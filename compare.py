@@ -34,8 +34,8 @@ from pathlib import Path
 
 from attack import SUITES, AttackConfig, attack_grid
 from baselines import BaselineConfig
-from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
-from moderator import ModeratorConfig
+from config import ConfigError, build, cli, flatten, option, pick_device, run_record, seed_everything, write_json
+from moderator import ModeratorJob
 from nft_train import NFTConfig
 
 # name -> (folder, the config that builds it); "none" is the base model itself
@@ -44,15 +44,16 @@ DEFENCES = {
     "filter": ("runs/filter", BaselineConfig(baseline="filter")),
     "safetext": ("runs/safetext", BaselineConfig(baseline="safetext")),
     "esd": ("runs/esd", BaselineConfig(baseline="esd")),
-    "erase": ("runs/erase_only", NFTConfig(name="erase_only", unet="erase", moderator="off", evaluate=False)),
-    "moderator": ("runs/mod_decoder", ModeratorConfig(name="mod_decoder")),
-    "nft": ("runs/nft_only", NFTConfig(name="nft_only", moderator="off", evaluate=False)),
+    "erase": ("runs/erase_only", build(NFTConfig, {"name": "erase_only", "unet": "erase", "moderator.kind": "off",
+                                                   "evaluate": False})),
+    "moderator": ("runs/mod_decoder", ModeratorJob(name="mod_decoder")),
+    "nft": ("runs/nft_only", build(NFTConfig, {"name": "nft_only", "moderator.kind": "off", "evaluate": False})),
     "patronus": ("runs/patronus", NFTConfig(evaluate=False)),
 }
 RECORDS = ("nft_config.json", "moderator.json", "baseline.json")  # where each script records its config
 # options that do not change the trained weights
-IGNORED = {"device", "evaluate", "attack_steps", "eval_unsafe_repeats", "eval_benign_repeats", "sample_steps",
-           "resume", "checkpoint_every"}
+IGNORED = {"device", "evaluate", "check.attack_steps", "check.unsafe_repeats", "check.benign_repeats",
+           "check.sample_steps", "resume", "checkpoint_every"}
 
 
 @dataclasses.dataclass
@@ -93,8 +94,8 @@ def up_to_date(have: dict | None, cfg) -> bool:
     weights are ignored; an option newer than the record counts as its default (which was in force then)."""
     if have is None:
         return False
-    default = dataclasses.asdict(type(cfg)())
-    return all(have.get(k, default[k]) == v for k, v in dataclasses.asdict(cfg).items() if k not in IGNORED)
+    have, default = flatten(have), flatten(dataclasses.asdict(type(cfg)()))
+    return all(have.get(k, default[k]) == v for k, v in flatten(dataclasses.asdict(cfg)).items() if k not in IGNORED)
 
 
 def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
@@ -105,7 +106,7 @@ def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
 
     folder, cfg = DEFENCES[name]
     if cfg is None:
-        from toy_sd import ensure_base
+        from pinned import ensure_base
 
         ensure_base(folder)
         return folder, {"built": False}
@@ -116,7 +117,7 @@ def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
     why = "--rebuild" if rebuild else "missing" if have is None else "its recorded config differs"
     print(f"training defence {name} into {folder} ({why})")
     t0 = time.time()
-    {BaselineConfig: baselines.main, ModeratorConfig: moderator.main, NFTConfig: nft_train.main}[type(cfg)](cfg)
+    {BaselineConfig: baselines.main, ModeratorJob: moderator.main, NFTConfig: nft_train.main}[type(cfg)](cfg)
     return folder, {"built": True, "why": why, "seconds": round(time.time() - t0, 1)}
 
 

@@ -2,6 +2,7 @@
 
 One dataclass config per script, overridden from the command line as `--key=value` (nanoGPT style):
 unknown keys are refused with a suggestion, values are type-checked, closed sets of choices are checked.
+A config may hold another (`group`): its options are set as `--group.key=value`, e.g. `--moderator.steps=300`.
 Also here: picking the device once, seeding everything from one seed, and the run record that is saved
 next to every output (resolved config, seed, package versions, hardware).
 
@@ -29,6 +30,11 @@ def option(default, help: str, choices: tuple | None = None):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
+def group(cls, help: str, **defaults):
+    """A config field that holds another config: its options are set as --<field>.<option>=value."""
+    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"help": help, "group": True})
+
+
 def _field_type(cls, f) -> type:
     hints = typing.get_type_hints(cls)
     t = hints[f.name]
@@ -38,7 +44,18 @@ def _field_type(cls, f) -> type:
     return t
 
 
-def _convert(cls, f, text: str):
+def _options(cls, prefix: str = "") -> dict:
+    """Every settable option of cls as {"name" or "group.name": (its class, its field)}."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("group"):
+            out |= _options(_field_type(cls, f), f"{prefix}{f.name}.")
+        else:
+            out[prefix + f.name] = (cls, f)
+    return out
+
+
+def _convert(cls, f, key: str, text: str):
     t = _field_type(cls, f)
     if t is bool:
         low = text.lower()
@@ -46,50 +63,105 @@ def _convert(cls, f, text: str):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"--{f.name} expects true or false, got {text!r}")
+        raise ConfigError(f"--{key} expects true or false, got {text!r}")
     if t in (int, float):
         try:
             return t(text)
         except ValueError:
-            raise ConfigError(f"--{f.name} expects {t.__name__}, got {text!r}") from None
+            raise ConfigError(f"--{key} expects {t.__name__}, got {text!r}") from None
     if t is str:
         return text
-    raise ConfigError(f"--{f.name} has type {t} that the command line cannot set")
+    raise ConfigError(f"--{key} has type {t} that the command line cannot set")
 
 
 def help_text(cls) -> str:
     lines = [f"options of {cls.__name__} (use --key=value):"]
-    for f in dataclasses.fields(cls):
+    for key, (owner, f) in _options(cls).items():
         ch = f.metadata.get("choices")
         extra = f" choices: {', '.join(map(str, ch))}" if ch else ""
-        lines.append(f"  --{f.name}={f.default!r:<14} {f.metadata.get('help', '')}{extra}")
+        default = _default(cls, key)
+        lines.append(f"  --{key}={default!r:<14} {f.metadata.get('help', '')}{extra}")
     return "\n".join(lines)
+
+
+def _default(cls, key: str):
+    obj = cls()
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    """cls with `values` ({"name" or "group.name": value}) applied over its defaults, groups included."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if f.metadata.get("group"):
+            inner = {k: v for k, v in values.items() if k.startswith(key + ".")}
+            if inner:  # the group's defaults (which the parent may set) with these options over them
+                sub = {k[len(key) + 1 :]: v for k, v in inner.items()}
+                kw[f.name] = dataclasses.replace(f.default_factory(), **_split(_field_type(cls, f), sub))
+        elif key in values:
+            kw[f.name] = values[key]
+    return cls(**kw)
+
+
+def _split(cls, values: dict) -> dict:
+    """{"a": 1, "g.b": 2} -> {"a": 1, "g": <g's default with b=2>}: keyword arguments for dataclasses.replace."""
+    built = _build(cls, values)
+    names = {k.split(".")[0] for k in values}
+    return {n: getattr(built, n) for n in names}
+
+
+def build(cls, values: dict):
+    """cls from {"option" or "group.option": value}, checked as the command line is: the way to set a grouped
+    option in code, e.g. build(NFTConfig, {"steps": 2, "moderator.kind": "off"})."""
+    options = _options(cls)
+    unknown = [k for k in values if k not in options]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for {cls.__name__}")
+    cfg = _build(cls, values)
+    check(cfg)
+    return cfg
+
+
+def flatten(record: dict, prefix: str = "") -> dict:
+    """A config as a dict (dataclasses.asdict), its groups spelled out: {"steps": 2, "moderator.kind": "off"}."""
+    out = {}
+    for k, v in record.items():
+        out |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    return out
 
 
 def parse(cls, argv: list[str]):
     """Build `cls()` and apply `--key=value` overrides from argv. Raises ConfigError on any bad option."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    options = _options(cls)
+    groups = {f.name: _field_type(cls, f) for f in dataclasses.fields(cls) if f.metadata.get("group")}
     values = {}
     for arg in argv:
-        flag = fields.get(arg[2:].replace("-", "_")) if arg.startswith("--") and "=" not in arg else None
-        if flag is not None and _field_type(cls, flag) is bool:
+        flag = options.get(arg[2:].replace("-", "_")) if arg.startswith("--") and "=" not in arg else None
+        if flag is not None and _field_type(*flag) is bool:
             arg += "=true"  # a bare --flag switches a true/false option on
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"options look like --key=value (or a bare --flag for a true/false option), "
                               f"got {arg!r}. Try --help.")
         key, text = arg[2:].split("=", 1)
         key = key.replace("-", "_")
-        if key not in fields:
-            near = difflib.get_close_matches(key, fields, n=1)
+        if key in groups:
+            first = dataclasses.fields(groups[key])[0].name
+            raise ConfigError(f"--{key} is a group of options, set one of them: e.g. --{key}.{first}={text}. "
+                              "Try --help for the list.")
+        if key not in options:
+            near = difflib.get_close_matches(key, options, n=1)
             hint = f" Did you mean --{near[0]}?" if near else " Try --help for the list."
             raise ConfigError(f"unknown option --{key} for {cls.__name__}.{hint}")
-        values[key] = _convert(cls, fields[key], text)
-    cfg = cls(**values)
+        values[key] = _convert(*options[key], key, text)
+    cfg = _build(cls, values)
     check(cfg)
     return cfg
 
 
-def check(cfg) -> None:
+def check(cfg, prefix: str = "") -> None:
     """Check types and choices of a config built in code (tests, notebooks) as strictly as the CLI does."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
@@ -100,10 +172,12 @@ def check(cfg) -> None:
         if v is None and f.default is None:
             ok = True
         if not ok:
-            raise ConfigError(f"{f.name} must be {t.__name__}, got {v!r} ({type(v).__name__})")
+            raise ConfigError(f"{prefix}{f.name} must be {t.__name__}, got {v!r} ({type(v).__name__})")
+        if f.metadata.get("group"):
+            check(v, f"{prefix}{f.name}.")
         ch = f.metadata.get("choices")
         if ch and v not in ch:
-            raise ConfigError(f"--{f.name}={v} is not allowed; choose one of: {', '.join(map(str, ch))}")
+            raise ConfigError(f"--{prefix}{f.name}={v} is not allowed; choose one of: {', '.join(map(str, ch))}")
 
 
 def cli(cls, main) -> None:
@@ -122,6 +196,64 @@ def cli(cls, main) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the option groups the defence's scripts share (nft_train.py, moderator.py)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The defender's data: the pocket world by default, image folders for a real model."""
+    unsafe: str = option("", "defender's unsafe image folder with metadata.jsonl ('' = the pocket world)")
+    benign: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
+    holdout: str = option("", "pocket benign shapes left out of the defender's benign data, comma-separated (e.g. "
+                          "ring): does the defence keep shapes it never saw?")
+    keep_holdout_prompts: bool = option(False, "with --data.holdout: leave out those shapes' images only; their "
+                                        "prompts stay in retention (a broad prompt list, a narrow image set)")
+    retain_prompts: str = option("", "a CSV of benign prompts ('prompt' column, e.g. COCO captions) for retention "
+                                 "instead of the benign data's captions: retention needs prompts, not images")
+
+    def __post_init__(self):
+        import data
+
+        if self.keep_holdout_prompts is True and not self.holdout:
+            raise ConfigError("--data.keep_holdout_prompts keeps the prompts of the shapes --data.holdout leaves "
+                              "out: give --data.holdout too (e.g. --data.holdout=ring)")
+        if self.keep_holdout_prompts is True and self.retain_prompts:
+            raise ConfigError("--data.keep_holdout_prompts and --data.retain_prompts both choose retention's "
+                              "prompts: give one")
+        if isinstance(self.retain_prompts, str) and self.retain_prompts:
+            try:  # read once now: a missing or empty file fails before any training
+                data.load_prompt_csv(self.retain_prompts)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--data.retain_prompts: {e}") from None
+        if not isinstance(self.holdout, str) or not self.holdout:
+            return
+        if self.benign:
+            raise ConfigError("--data.holdout leaves shapes out of the pocket world's benign data; with "
+                              "--data.benign, leave those images out of the folder instead")
+        try:
+            data.defender_objects("benign", self.holdout)
+        except ValueError as e:
+            raise ConfigError(f"--data.holdout: {e}") from None
+
+
+@dataclasses.dataclass
+class MemoryConfig:
+    """Memory savers for real models on one GPU (README, "Using real Stable Diffusion"); off in the pocket world."""
+    frozen_dtype: str = option("auto", "dtype of the frozen base parts (distillation UNet, VAE, text encoder, the "
+                               "moderator's original decoder): auto = float16 on cuda, float32 elsewhere", DTYPES)
+    gradient_checkpointing: bool = option(False, "recompute UNet (and moderator decoder) activations in backward")
+    grad_accum: int = option(1, "micro-batches of --batch per outer update of the min-max loop")
+    simulated_copy: str = option("deepcopy", "step 3: deepcopy adapts a copy of the UNet (two trainable UNets in "
+                                 "memory); inplace sets the weights and gradients aside on the CPU, adapts the UNet "
+                                 "itself and restores it (same result, one UNet)", ("deepcopy", "inplace"))
+
+    def __post_init__(self):
+        if isinstance(self.grad_accum, int) and self.grad_accum < 1:
+            raise ConfigError(f"--memory.grad_accum must be at least 1, got {self.grad_accum}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # device, seed and run record
 def pick_device(name: str = "auto"):
     """'auto' picks cuda, then mps, then cpu; chosen once per run and passed explicitly."""
@@ -137,9 +269,6 @@ def pick_device(name: str = "auto"):
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but no CUDA GPU is visible; use --device=auto or --device=cpu")
     return torch.device(name)
-
-
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def pick_dtype(name: str, device):

@@ -183,6 +183,29 @@ def defender_objects(kind: str, holdout: str = "") -> list[str]:
     return kept
 
 
+def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", holdout: str = ""):
+    """The defender's data of one kind, encoded as the UNet sees it: latents (N, 4, h, w) and caption features (N, T, D), float32.
+
+    folder '': n pocket scenes with `defense` phrasings (latents (N, 4, 8, 8)), less the `holdout` benign
+    shapes; else every image of the folder at the pipeline's resolution, with its caption from metadata.jsonl.
+    """
+    import torch
+
+    from pipeline import encode_images, encode_text, image_size, to_tensor
+
+    require_folder(folder, image_size(pipe), f"data.{kind}")
+    if folder:
+        pixels, captions = load_captioned_images(folder, image_size(pipe))
+        with torch.no_grad():  # images stay on the CPU; the VAE takes them 8 at a time
+            return encode_images(pipe.vae, to_tensor(pixels), batch=8), encode_text(pipe.text_encoder,
+                                                                                    pipe.tokenizer, captions, device)
+    scenes = sample_scenes("defender", n, defender_objects(kind, holdout), "defense", seed=seed)
+    with torch.no_grad():
+        z = encode_images(pipe.vae, to_tensor(scenes.images).to(device))
+        c = encode_text(pipe.text_encoder, pipe.tokenizer, scenes.captions, device)
+    return z, c
+
+
 def eval_prompts(kind: str, phrasing: str) -> list[tuple[str, str, str]]:
     """The fixed evaluation prompts: one (prompt, object, colour) per object x colour x template.
 

@@ -215,7 +215,7 @@ def decoder_ceiling(pipe, evaluator, seed: int, n: int = 500, objects: list | No
     MSE on VAE round trips of n fresh renders of `objects` (default: the benign shapes). Benign accuracy can
     hardly exceed it: a base far below 1 has a weak VAE, and a moderated decoder that lowers it damages benign
     images. With objects=list(data.NOVEL) it bounds what fine-tuning the UNet on the novel concept can reach."""
-    from toy_sd import vae_round_trip
+    from pipeline import vae_round_trip
 
     objects = objects or list(data.BENIGN)
     scenes = data.sample_scenes("eval", n, objects, "all", seed=seed + 7)  # renders no model trained on
@@ -240,7 +240,7 @@ def save_grid(items: list[dict], images: np.ndarray, path, per_group: int = 8) -
 def main(cfg: EvalConfig):
     """Evaluate one pipeline: unsafe rate, benign accuracy, false refusals, fidelity; report.json + grid.png."""
     from pipeline import image_size, load_pipeline
-    from toy_sd import ensure_base
+    from pinned import ensure_base
 
     if cfg.table:
         print(markdown_table([f for f in cfg.table.split(",") if f]))

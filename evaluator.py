@@ -166,7 +166,7 @@ def ensure_evaluator(folder: str = "runs/evaluator", device="cpu", seed: int = 0
 
     path = Path(folder) / "evaluator.safetensors"
     if Path(folder) == Path("runs/evaluator") and not path.is_file():
-        from toy_sd import restore_assets
+        from pinned import restore_assets
 
         restore_assets("runs")
     model = Evaluator()

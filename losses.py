@@ -6,6 +6,7 @@ Images are (B, 3, H, W); "decoded" images are in [0, 1] (what the pipeline shows
     diffusion_loss          L_ND   = E_{t,eps} || target - f_theta(x_t, t, c) ||^2       (SD's own objective)
     black_loss              L_blk  = L_ND with x0 = z_black, the latent of the all-black image
     ascent_loss             L_asc  = -log L_ND on unsafe pairs (SOPHON's suppression; nft_train --nft_loss)
+    STEP3_LOSSES            either, by name: the loss of step 3 at the simulated attacker's adapted weights
     distillation_loss       L_dst  = E || f_theta(x_t, t, c) - f_theta0(x_t, t, c) ||^2 (benign prompts)
     esd_loss                L_esd  = E || f_theta(x_t, t, c) - [f0(x_t, t) - eta (f0(x_t, t, c) - f0(x_t, t))] ||^2
                                      (ESD's negative guidance, unsafe prompts; baselines.py)
@@ -78,6 +79,20 @@ def ascent_loss(unet, scheduler, x0, cond, generator=None):
     weights up chasing an ever larger error.
     """
     return -torch.log(diffusion_loss(unet, scheduler, x0, cond, generator))
+
+
+def step3_black(unet, scheduler, z_unsafe, cond, z_black, generator=None):
+    """Patronus' step 3: after the simulated attacker's fine-tuning, unsafe prompts still denoise to black."""
+    return black_loss(unet, scheduler, z_black, cond, generator)
+
+
+def step3_ascent(unet, scheduler, z_unsafe, cond, z_black, generator=None):
+    """SOPHON's step 3: after the simulated attacker's fine-tuning, the UNet is still bad at the unsafe pairs."""
+    return ascent_loss(unet, scheduler, z_unsafe, cond, generator)
+
+
+# the loss at the simulated attacker's adapted weights, chosen by name (nft_train --nft_loss)
+STEP3_LOSSES = {"black": step3_black, "ascent": step3_ascent}
 
 
 def distillation_loss(unet, unet0, scheduler, x0, cond, generator=None):

@@ -15,10 +15,10 @@ Text moderator. The CLIP text encoder is fine-tuned so the features the UNet is 
 unsafe `defense` prompts (L_fz) and stay unchanged for benign prompts (L_fc).
 
 Both return a modified pipeline that is still a plain StableDiffusionPipeline: no hook, no extra module.
-Data: the pocket world's renders by default; for a real model, `--unsafe_data` and `--benign_data` image
+Data: the pocket world's renders by default; for a real model, `--data.unsafe` and `--data.benign` image
 folders (data.load_image_folder) read at the pipeline's resolution, their captions used as prompts.
 The perceptual network of the zero loss: see perceptual.py.
-Run alone: `python moderator.py --moderator=decoder` (writes runs/moderator/).
+Run alone: `python moderator.py --moderator.kind=decoder` (writes runs/moderator/).
 """
 from __future__ import annotations
 
@@ -33,91 +33,57 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import DTYPES, ConfigError, cli, option, pick_device, pick_dtype, run_record, seed_everything
+from config import DataConfig, MemoryConfig, cli, group, option, pick_device, pick_dtype, run_record, seed_everything
 from pipeline import decode
 from perceptual import PERCEPTUALS
 
 MODERATORS = ("decoder", "text", "both", "off")
 
 
-def check_holdout(holdout, benign_data, keep_prompts=False, retain_prompts="") -> None:
-    """--benign_holdout names benign shapes of the pocket world, and not all of them, and goes without
-    --benign_data (a folder holds what its owner put in it); --keep_holdout_prompts needs it and excludes
-    --retain_prompts, a readable prompt CSV. ConfigError otherwise."""
-    if keep_prompts is True and not holdout:
-        raise ConfigError("--keep_holdout_prompts=true keeps the prompts of the shapes --benign_holdout leaves out: "
-                          "give --benign_holdout too (e.g. --benign_holdout=ring)")
-    if keep_prompts is True and retain_prompts:
-        raise ConfigError("--keep_holdout_prompts and --retain_prompts both choose retention's prompts: give one")
-    if isinstance(retain_prompts, str) and retain_prompts:
-        try:  # read once now: a missing or empty file fails before any training
-            data.load_prompt_csv(retain_prompts)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--retain_prompts: {e}") from None
-    if not isinstance(holdout, str) or not holdout:
-        return
-    if benign_data:
-        raise ConfigError("--benign_holdout leaves shapes out of the pocket world's benign data; with "
-                          "--benign_data, leave those images out of the folder instead")
-    try:
-        data.defender_objects("benign", holdout)
-    except ValueError as e:
-        raise ConfigError(f"--benign_holdout: {e}") from None
-
-
 @dataclasses.dataclass
 class ModeratorConfig:
-    model: str = option("runs/base", "pipeline folder to moderate")
-    name: str = option("moderator", "outputs go to runs/<name>/")
-    moderator: str = option("decoder", "which moderator to train", MODERATORS)
-    seed: int = option(0, "seeds data, sampling of simulated attackers, and training")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+    """The moderator's own options; the job around it (model, seed, data, memory) is ModeratorJob or NFTConfig."""
+    kind: str = option("decoder", "which moderator to train", MODERATORS)
     # decoder moderator
     n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a folder gives all its own")
-    n_generated: int = option(256, "base-model generations per kind whose final latents are added")
-    steps: int = option(900, "steps of the decoder moderator")
-    batch: int = option(16, "latents per kind per step")
+    n_generated: int = option(256, "generations per kind and model whose final latents are added")
+    steps: int = option(600, "steps of the decoder moderator (900 in earlier versions)")
+    batch: int = option(16, "latents per kind per step (4 for SD at 512 px)")
     lr: float = option(3e-4, "Adam learning rate of the defender")
     w_cal: float = option(10.0, "weight of the calibration loss on benign features")
     w_rec: float = option(1.0, "weight of the reconstruction loss on benign images")
     pixel_weight: float = option(1.0, "weight of the pixel term inside the zero loss")
-    # hardening (simulated decoder fine-tuning)
-    harden: bool = option(False, "simulate the attacker's decoder fine-tuning during training "
-                          "(off by default: measured in the README, it costs benign accuracy and barely slows the attack)")
-    inner_steps: int = option(3, "K: simulated attacker steps per outer step")
+    perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --moderator.vgg19 "
+                             "is given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
+                             PERCEPTUALS)
+    vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth): relu3_4 features, the paper's choice")
+    gen_batch: int = option(128, "prompts per generation call when collecting features (8 to 16 for SD at 512 px)")
+    # hardening (the paper's simulated decoder fine-tuning)
+    harden: bool = option(False, "simulate the attacker's decoder fine-tuning during training (off by default: "
+                          "it costs benign accuracy and barely slows the attack; RESULTS.md)")
+    inner_steps: int = option(3, "K: simulated attacker steps per outer step of hardening")
     w_nft: float = option(1.0, "weight of the zero loss after simulated fine-tuning")
     # text moderator
     text_steps: int = option(300, "steps of the text moderator")
     text_lr: float = option(3e-3, "Adam learning rate of the text moderator")
-    # real models
-    unsafe_data: str = option("", "defender's unsafe image folder with metadata.jsonl ('' = the pocket world)")
-    benign_data: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
-    benign_holdout: str = option("", "pocket benign shapes left out of the defender's benign data, comma-separated "
-                                 "(e.g. ring): does the benign side reach shapes it never saw?")
-    keep_holdout_prompts: bool = option(False, "with --benign_holdout: leave out those shapes' images only; their "
-                                        "prompts stay among the benign generations (a broad prompt list, a "
-                                        "narrow image set)")
-    retain_prompts: str = option("", "a CSV of benign prompts ('prompt' column, e.g. COCO captions) for the benign "
-                                 "generations instead of the benign data's captions: retention needs prompts, not "
-                                 "images")
-    perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --vgg19 is "
-                             "given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
-                             PERCEPTUALS)
-    vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth): relu3_4 features, the paper's choice")
-    frozen_dtype: str = option("auto", "dtype of the frozen original decoder D0: auto = float16 on cuda, else "
-                               "float32", DTYPES)
-    gen_batch: int = option(128, "prompts per generation call when collecting features (8 to 16 for SD at 512 px)")
-    gradient_checkpointing: bool = option(False, "recompute the decoder's activations in backward: less memory, "
-                                          "slower")
-
-    def __post_init__(self):
-        check_holdout(self.benign_holdout, self.benign_data, self.keep_holdout_prompts, self.retain_prompts)
 
 
-def retention_prompts(cfg, n: int, seed: int) -> list[str] | None:
+@dataclasses.dataclass
+class ModeratorJob:
+    """`python moderator.py`: the moderator alone on a pipeline, its UNet untouched."""
+    model: str = option("runs/base", "pipeline folder to moderate")
+    name: str = option("moderator", "outputs go to runs/<name>/")
+    seed: int = option(0, "seeds data, sampling of simulated attackers, and training")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
+    moderator: ModeratorConfig = group(ModeratorConfig, "the moderator (--moderator.kind, --moderator.steps, ...)")
+    data: DataConfig = group(DataConfig, "the defender's data (--data.unsafe, --data.benign, ...)")
+    memory: MemoryConfig = group(MemoryConfig, "memory savers for real models (--memory.frozen_dtype, ...)")
+
+
+def retention_prompts(cfg: DataConfig, n: int, seed: int) -> list[str] | None:
     """n prompts benign retention keeps when they are not the benign data's own captions: a sample of
-    --retain_prompts (a CSV; all of it, repeated, when it has fewer) or, with --keep_holdout_prompts, pocket
-    captions of every benign shape, those --benign_holdout took the images of included. None otherwise."""
+    --data.retain_prompts (a CSV; all of it, repeated, when it has fewer) or, with --data.keep_holdout_prompts,
+    pocket captions of every benign shape, those --data.holdout took the images of included. None otherwise."""
     if cfg.retain_prompts:
         texts = [p.prompt for p in data.load_prompt_csv(cfg.retain_prompts)]
         if len(texts) >= n:
@@ -155,7 +121,7 @@ def decoder_params(vae):
 
 
 @torch.no_grad()
-def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
+def collect_features(pipe, kind: str, job, device, sources=()):
     """The defender's features of one kind: VAE latents of its own renders + final latents of generations.
 
     Generations come from `pipe` and from each pipeline in `sources` (in nft_train: the base model and the
@@ -165,23 +131,24 @@ def collect_features(pipe, kind: str, cfg: ModeratorConfig, device, sources=()):
     """
     from pipeline import encode_images, image_size, to_tensor
 
-    folder = cfg.unsafe_data if kind == "unsafe" else cfg.benign_data
-    data.require_folder(folder, image_size(pipe), f"{kind}_data")
+    cfg, seed = job.moderator, job.seed
+    folder = job.data.unsafe if kind == "unsafe" else job.data.benign
+    data.require_folder(folder, image_size(pipe), f"data.{kind}")
     if folder:
         pixels, captions = data.load_captioned_images(folder, image_size(pipe))
         images = to_tensor(pixels)  # (N, 3, H, W) on the CPU
         z = [encode_images(pipe.vae, images, batch=8)]
         prompts = [captions[i % len(captions)] for i in range(cfg.n_generated)]
     else:
-        objects = data.defender_objects(kind, cfg.benign_holdout)
-        scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
+        objects = data.defender_objects(kind, job.data.holdout)
+        scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=seed)
         images = to_tensor(scenes.images).to(device)
         z = [encode_images(pipe.vae, images)]
-        prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1).captions
-    if kind == "benign":  # --retain_prompts, --keep_holdout_prompts: prompts beyond the images
-        prompts = retention_prompts(cfg, cfg.n_generated, cfg.seed + 1) or prompts
+        prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=seed + 1).captions
+    if kind == "benign":  # --data.retain_prompts, --data.keep_holdout_prompts: prompts beyond the images
+        prompts = retention_prompts(job.data, cfg.n_generated, seed + 1) or prompts
     if cfg.n_generated:
-        g = [torch.Generator("cpu").manual_seed(cfg.seed * 100_000 + i) for i in range(len(prompts))]
+        g = [torch.Generator("cpu").manual_seed(seed * 100_000 + i) for i in range(len(prompts))]
         b = cfg.gen_batch
         for source in (pipe, *sources):
             for i in range(0, len(prompts), b):
@@ -203,22 +170,35 @@ def simulated_decoder_attack(vae, unsafe_images, k: int, opt_name: str, lr: floa
     return adapted
 
 
-def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None, sources=()) -> dict:
+def harden(vae, unsafe_images, zu, cfg: ModeratorConfig, rng, gen, perceptual) -> torch.Tensor:
+    """The paper's hardening of the decoder, first-order MAML: an attacker with a sampled optimizer and lr
+    adapts a copy of the decoder for K steps (simulated_decoder_attack); the zero loss at the adapted weights
+    is what the defender minimises, and its gradient, taken at the copy, is added to the decoder's own .grad."""
+    name, lr = rng.choice(ATTACKERS)
+    adapted = simulated_decoder_attack(vae, unsafe_images, cfg.inner_steps, name, lr, cfg.batch, gen)
+    l_nft = losses.zero_loss(decode(adapted, zu), perceptual, cfg.pixel_weight)
+    grads = torch.autograd.grad(cfg.w_nft * l_nft, decoder_params(adapted))
+    for p, g in zip(decoder_params(vae), grads):
+        p.grad += g
+    return l_nft
+
+
+def train_decoder_moderator(pipe, job, device, perceptual=None, sources=()) -> dict:
     """Fine-tune pipe.vae's decoder in place into the internal moderator; returns the last loss values."""
-    vae = pipe.vae
-    dtype = pick_dtype(cfg.frozen_dtype, device)
+    cfg, vae = job.moderator, pipe.vae
+    dtype = pick_dtype(job.memory.frozen_dtype, device)
     vae0 = copy.deepcopy(vae).to(dtype).eval().requires_grad_(False)  # D0, the original decoder (frozen)
-    z_u, x_u = collect_features(pipe, "unsafe", cfg, device, sources)
-    z_b, x_b = collect_features(pipe, "benign", cfg, device, sources)
+    z_u, x_u = collect_features(pipe, "unsafe", job, device, sources)
+    z_b, x_b = collect_features(pipe, "benign", job, device, sources)
     vae.requires_grad_(False)
     params = decoder_params(vae)
     for p in params:
         p.requires_grad_(True)
-    if cfg.gradient_checkpointing:
+    if job.memory.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(job.seed)
+    rng = random.Random(job.seed)
     pick = lambda t: t[torch.randint(len(t), (cfg.batch,), generator=gen)]  # noqa: E731
     bar = tqdm(range(cfg.steps), desc="decoder moderator")
     t0 = time.perf_counter()
@@ -234,16 +214,7 @@ def train_decoder_moderator(pipe, cfg: ModeratorConfig, device, perceptual=None,
         l_rec = losses.reconstruction_loss(vae, xb)
         opt.zero_grad()
         (l_zero + cfg.w_cal * l_cal + cfg.w_rec * l_rec).backward()
-        l_nft = torch.zeros(())
-        if cfg.harden:
-            # (2) simulated fine-tuning: an attacker with a sampled optimizer and lr adapts a copy of the decoder
-            name, lr = rng.choice(ATTACKERS)
-            adapted = simulated_decoder_attack(vae, x_u, cfg.inner_steps, name, lr, cfg.batch, gen)
-            # (3) the zero loss at the adapted weights; first-order MAML: its gradient is added to ours
-            l_nft = losses.zero_loss(decode(adapted, zu), perceptual, cfg.pixel_weight)
-            grads = torch.autograd.grad(cfg.w_nft * l_nft, decoder_params(adapted))
-            for p, g in zip(params, grads):
-                p.grad += g
+        l_nft = harden(vae, x_u, zu, cfg, rng, gen, perceptual) if cfg.harden else torch.zeros(())
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # a far-adapted copy can give huge first-order gradients
         opt.step()
         bar.set_postfix(zero=f"{l_zero.item():.4f}", cal=f"{l_cal.item():.4f}", rec=f"{l_rec.item():.4f}",
@@ -266,17 +237,17 @@ def defender_prompts(kind: str, seed: int, folder: str = "", n: int = 2048, hold
     return data.sample_scenes("defender", n, data.defender_objects(kind, holdout), "defense", seed=seed).captions
 
 
-def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
+def train_text_moderator(pipe, job, device) -> dict:
     """Fine-tune pipe.text_encoder in place: unsafe `defense` prompts -> zero features, benign unchanged."""
     from pipeline import encode_text
 
-    te, tok = pipe.text_encoder, pipe.tokenizer
-    te0 = copy.deepcopy(te).to(pick_dtype(cfg.frozen_dtype, device)).eval().requires_grad_(False)
-    unsafe = defender_prompts("unsafe", cfg.seed, cfg.unsafe_data)
-    benign = defender_prompts("benign", cfg.seed, cfg.benign_data, holdout=cfg.benign_holdout) + [""]
+    cfg, te, tok = job.moderator, pipe.text_encoder, pipe.tokenizer
+    te0 = copy.deepcopy(te).to(pick_dtype(job.memory.frozen_dtype, device)).eval().requires_grad_(False)
+    unsafe = defender_prompts("unsafe", job.seed, job.data.unsafe)
+    benign = defender_prompts("benign", job.seed, job.data.benign, holdout=job.data.holdout) + [""]
     te.train().requires_grad_(True)
     opt = torch.optim.Adam(te.parameters(), lr=cfg.text_lr)
-    rng = random.Random(cfg.seed)
+    rng = random.Random(job.seed)
     bar = tqdm(range(cfg.text_steps), desc="text moderator")
     for _ in bar:
         pu, pb = rng.sample(unsafe, cfg.batch), rng.sample(benign, cfg.batch - 1) + [""]  # keep "" for CFG
@@ -292,30 +263,31 @@ def train_text_moderator(pipe, cfg: ModeratorConfig, device) -> dict:
     return {"feature_zero": l_fz.item(), "feature_calibration": l_fc.item()}
 
 
-def apply_moderator(pipe, cfg: ModeratorConfig, device, sources=()) -> dict:
-    """Train the moderator(s) named by cfg.moderator into pipe, in place; returns losses and timings."""
+def apply_moderator(pipe, job, device, sources=()) -> dict:
+    """Train the moderator(s) named by job.moderator.kind into pipe, in place; returns losses and timings.
+    job: a ModeratorJob or an NFTConfig (their .seed, .data, .memory and .moderator)."""
     import perceptual as perceptual_nets
 
-    out = {}
-    if cfg.moderator in ("decoder", "both"):
+    cfg, out = job.moderator, {}
+    if cfg.kind in ("decoder", "both"):
         t0 = time.time()
-        pocket = not (cfg.unsafe_data or cfg.benign_data)
+        pocket = not (job.data.unsafe or job.data.benign)
         kind = perceptual_nets.resolve(cfg.perceptual, cfg.vgg19, pocket)
         perceptual = perceptual_nets.build(kind, pipe, device, cfg.vgg19)
-        out["decoder"] = train_decoder_moderator(pipe, cfg, device, perceptual, sources)
+        out["decoder"] = train_decoder_moderator(pipe, job, device, perceptual, sources)
         out["decoder"]["perceptual"] = kind
         out["decoder"]["seconds"] = round(time.time() - t0, 1)
-    if cfg.moderator in ("text", "both"):
+    if cfg.kind in ("text", "both"):
         t0 = time.time()
-        out["text"] = train_text_moderator(pipe, cfg, device)
+        out["text"] = train_text_moderator(pipe, job, device)
         out["text"]["seconds"] = round(time.time() - t0, 1)
     return out
 
 
-def main(cfg: ModeratorConfig):
+def main(cfg: ModeratorJob):
     """Train the internal moderator alone (UNet untouched) and save the moderated pipeline."""
     from pipeline import load_pipeline, save_pipeline
-    from toy_sd import ensure_base
+    from pinned import ensure_base
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
@@ -329,4 +301,4 @@ def main(cfg: ModeratorConfig):
 
 
 if __name__ == "__main__":
-    cli(ModeratorConfig, main)
+    cli(ModeratorJob, main)

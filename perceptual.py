@@ -120,7 +120,7 @@ def build(kind: str, pipe, device, vgg19: str = "", clip_dir: str = "runs/clip")
     import losses
 
     if kind == "clip":
-        from toy_sd import load_clip
+        from pinned import load_clip
 
         vision = load_clip(clip_dir).vision_model.to(device)
         return lambda x: losses.perceptual_features(vision, x)

@@ -148,3 +148,23 @@ def decode(vae, z):
     """Pipeline-style decoding of SD-scaled latents (B, 4, h, w) into images (B, 3, H, W) in [0, 1], float32."""
     x = vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample.float()
     return (x / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
+    """Encode (posterior mean) and decode images (N, H, W, 3) in [0, 1]; the reconstructions, same layout."""
+    x = to_tensor(images).to(vae.device, vae.dtype)
+    rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+    return (rec / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def black_latent(pipe) -> torch.Tensor:
+    """The scaled latent of the all-black image, (1, 4, h, w): the target of Patronus' black loss. Warns when
+    the VAE does not decode it back to black (the black loss would then teach whatever it decodes to)."""
+    size = image_size(pipe)
+    z = encode_images(pipe.vae, -torch.ones(1, 3, size, size, device=pipe.vae.device))
+    if (mean := decode(pipe.vae, z).mean().item()) > 0.05:
+        print(f"warning: the VAE decodes the black image's latent to mean pixel {mean:.2f}, not black; "
+              "suppression will not give black refusals")
+    return z

@@ -237,3 +237,32 @@ def plot_curves(entries: list[dict], path, title: str = "", panel=(240, 170), ke
     tmp = f"{path}.tmp.png"
     sheet.save(tmp)
     Path(tmp).replace(path)
+
+
+def reproduction_table(rep: dict, holdout: str = "") -> str:
+    """The table `python nft_train.py` prints (Markdown): the base beside the defended model, before and after
+    the default attack, the wall time and the cost in plain fine-tuning steps; with a benign holdout (e.g.
+    "ring"), BA on the held-out shapes against the shapes the defender trained on."""
+    rows = ["| model | UR defense | UR heldout | BA | false refusals | refusals of a novel concept | "
+            "UR, public decoder | UR after attack | BA after attack |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, r, a in (("base", rep["base"], rep["base_attack"]), ("Patronus", rep, rep["attack"])):
+        ur = r["unsafe_rate"]
+        swap = r.get("swap_decoder", r)["unsafe_rate"]["all"]  # the base's own decoder is the public one
+        rows.append(f"| {label} | {ur['defense']:.3f} | {ur['heldout']:.3f} | {r['benign_accuracy']:.3f} | "
+                    f"{r['false_refusal_rate']:.3f} | {r['novel_refusal_rate']:.3f} | {swap:.3f} | "
+                    f"{a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
+    rows.append("")
+    rows.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()))
+    cost = rep.get("cost", {})
+    if cost.get("unet_seconds_per_outer_step") and cost.get("attack_seconds_per_step"):
+        o, a = cost["unet_seconds_per_outer_step"], cost["attack_seconds_per_step"]
+        rows.append(f"one outer step {o:.3f} s = {o / a:.1f}x one plain fine-tuning step ({a:.3f} s); "
+                    f"the whole run {sum(rep['seconds'].values()):.0f} s = {sum(rep['seconds'].values()) / a:,.0f} "
+                    "plain steps")
+    held = [o for o in holdout.split(",") if o]
+    for label, r in (("base", rep["base"]), ("Patronus", rep)) if held else ():
+        by = r["benign_accuracy_by_object"]
+        kept = [v for o, v in by.items() if o not in held]
+        rows.append(f"{label}: BA on the held-out shapes ({holdout}) {sum(by[o] for o in held) / len(held):.3f}, "
+                    f"on the shapes the defender trained on {sum(kept) / len(kept):.3f}")
+    return "\n".join(rows)

@@ -16,22 +16,19 @@ minutes on 2 cores); float rounding differs between CPUs, so a rebuild on anothe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
-from pipeline import build_scheduler, encode_images, encode_text, load_pipeline, save_pipeline, save_unet, to_tensor
+from config import ConfigError, cli, option, pick_device, run_record, seed_everything
+from pinned import write_manifest
+from pipeline import build_scheduler, encode_images, encode_text, save_pipeline, save_unet, to_tensor, vae_round_trip
 
 
 @dataclasses.dataclass
@@ -232,16 +229,6 @@ def train_vae(vae, images: torch.Tensor, cfg: PretrainConfig, device) -> None:
 
 
 VAE_MSE_WARN = 0.006  # good VAEs measured 0.0037 to 0.0050 here; ones that lost colours 0.0066 to 0.0129
-
-
-@torch.no_grad()
-def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
-    """Encode (posterior mean) and decode images (N, H, W, 3) in [0, 1]; the reconstructions, same layout."""
-    x = to_tensor(images).to(vae.device, vae.dtype)
-    rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
-    return (rec / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-
-
 POSTERIOR_WARN = 0.1  # SD's VAE: sampling its posterior gives nearly its mean
 
 
@@ -377,86 +364,20 @@ def pretrain(cfg: PretrainConfig):
     clip.save_pretrained(out / "clip", safe_serialization=True)
     shutil.rmtree(out / "tokenizer_src")  # the pipeline folder holds the tokenizer
     t0 = time.time()
-    from evaluate import ensure_evaluator  # the evaluator is pinned with the model it measures
+    from evaluator import ensure_evaluator  # the evaluator is pinned with the model it measures
 
     shutil.rmtree(out / "evaluator", ignore_errors=True)
     ensure_evaluator(str(out / "evaluator"), device=device, seed=cfg.seed, steps=cfg.evaluator_steps,
                      batch=cfg.evaluator_batch, n_pool=cfg.evaluator_pool)
     times["evaluator"] = time.time() - t0
-    write_manifest(out, record | {"seconds": {k: round(v, 1) for k, v in times.items()}})
+    command = " ".join(["python toy_sd.py"] + [f"--{k}={v}" for k, v in record["config"].items()
+                                              if v != getattr(PretrainConfig, k, None)])
+    write_manifest(out, record | {"seconds": {k: round(v, 1) for k, v in times.items()}}, command)
     print(f"pocket SD saved to {out} ({sum(times.values()):.0f} s: "
           + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ")")
     return pipe
 
 
-# ---------------------------------------------------------------------------------------------------------
-# the pinned assets: shipped in assets/, checked against assets/manifest.json, copied into runs/
-ASSETS = Path(__file__).resolve().parent / "assets"
-PARTS = ("base", "never_learned", "clip", "evaluator")  # the folders of an asset set, each copied to runs/<part>
-REBUILD = "rebuild everything from nothing with `python toy_sd.py --out=assets` (about 15 minutes on 2 cores; " \
-          "on another CPU it gives another base)"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cpu_name() -> str:
-    """The CPU's model name and its widest vector unit (float rounding differs between AVX2 and AVX-512)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model} ({vector}, {os.cpu_count()} cores)"
-
-
-def write_manifest(folder: Path, record: dict) -> None:
-    """folder/manifest.json: sha256 of every file of the asset set, and how it was built."""
-    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != "manifest.json"}
-    write_json(folder / "manifest.json", {"files": files, "command": " ".join(["python toy_sd.py"] + [
-        f"--{k}={v}" for k, v in record["config"].items() if v != getattr(PretrainConfig, k, None)]),
-        "seed": record["config"]["seed"], "packages": record.get("versions"), "cpu": cpu_name(),
-        "threads": torch.get_num_threads(), "seconds": record["seconds"], "vae": record["vae"]})
-
-
-def verify_assets(folder: Path = ASSETS) -> dict:
-    """Check every file of an asset set against its manifest; returns the manifest.
-
-    Raises FileNotFoundError / ValueError naming the missing, corrupt, edited or unlisted file, and how to
-    restore it."""
-    manifest_path = Path(folder) / "manifest.json"
-    restore = f"restore it with `git checkout -- {folder}` or {REBUILD}"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} is missing: {restore}")
-    manifest = json.loads(manifest_path.read_text())
-    for rel, digest in manifest["files"].items():
-        path = Path(folder) / rel
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing from the pinned assets: {restore}")
-        if _sha256(path) != digest:
-            raise ValueError(f"{path} does not match {manifest_path} (sha256 differs: corrupt or edited): {restore}")
-    listed = set(manifest["files"])
-    extra = [str(p.relative_to(folder)) for p in Path(folder).rglob("*")
-             if p.is_file() and p.name != "manifest.json" and str(p.relative_to(folder)) not in listed]
-    if extra:
-        raise ValueError(f"{Path(folder) / extra[0]} is not in {manifest_path}: remove it, {restore}")
-    return manifest
-
-
-def restore_assets(runs: str = "runs", folder: Path = ASSETS) -> None:
-    """Copy the pinned asset set into runs/ (each part that is missing there), after checking it."""
-    missing = [p for p in PARTS if not (Path(runs) / p).exists()]
-    if not missing:
-        return
-    verify_assets(folder)
-    for part in missing:
-        tmp = Path(runs) / f"{part}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(Path(folder) / part, tmp)
-        tmp.rename(Path(runs) / part)
-    print(f"copied the pinned {', '.join(missing)} from {folder} into {runs}/ (checked against its manifest)")
 
 
 def _text_tower(clip):
@@ -497,42 +418,6 @@ def random_sd15(folder, seed: int = 0):
                                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
                                 attention_head_dim=8)
     save_pipeline(assemble(vae, text_encoder, tok, unet), folder)
-
-
-def ensure_base(out: str = "runs/base", device=None):
-    """The pocket base model: the pinned one (assets/), copied into runs/ on first use; loaded from `out`."""
-    runs = str(Path(out).parent)
-    restore_assets(runs)
-    base_manifest = json.loads((ASSETS / "manifest.json").read_text()) if (ASSETS / "manifest.json").is_file() else {}
-    weights = Path(out) / "unet" / "diffusion_pytorch_model.safetensors"
-    pinned = base_manifest.get("files", {}).get("base/unet/diffusion_pytorch_model.safetensors")
-    if pinned and weights.is_file() and _sha256(weights) != pinned:
-        print(f"note: {out} is not the pinned base of {ASSETS} (another build); remove {runs}/base, "
-              f"{runs}/never_learned, {runs}/clip and {runs}/evaluator to use the pinned ones")
-    return load_pipeline(out, device)
-
-
-def load_never_learned(base: str = "runs/base", folder: str = "runs/never_learned", device=None):
-    """The base pipeline with the never-learned UNet in place of its own (a model that never saw unsafe images)."""
-    from diffusers import UNet2DConditionModel
-
-    if not Path(folder, "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a UNet folder: run `python nft_train.py` once (it copies the "
-                                f"pinned assets into runs/) or {REBUILD}")
-    pipe = load_pipeline(base, device)
-    pipe.unet = UNet2DConditionModel.from_pretrained(folder).to(pipe.device).eval().requires_grad_(False)
-    return pipe
-
-
-def load_clip(clip_dir: str = "runs/clip"):
-    """The frozen tiny CLIP (both towers), for the moderator's perceptual loss."""
-    from transformers import CLIPModel
-
-    if not Path(clip_dir, "config.json").is_file():
-        raise FileNotFoundError(f"{clip_dir} has no CLIP (config.json): remove the folder if it is there (an older "
-                                "layout), then any script copies the pinned one from assets/ on its first run; or "
-                                f"{REBUILD}")
-    return CLIPModel.from_pretrained(clip_dir).eval().requires_grad_(False)
 
 
 def main(cfg: PretrainConfig):

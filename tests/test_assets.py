@@ -9,16 +9,16 @@ import torch
 
 import data
 import evaluate
+import pinned
 import pipeline
-import toy_sd
 
 
 def test_manifest_matches_the_shipped_files():
-    manifest = toy_sd.verify_assets()  # raises on a missing, corrupt or unlisted file
+    manifest = pinned.verify_assets()  # raises on a missing, corrupt or unlisted file
     listed = {p.split("/")[0] for p in manifest["files"]}
-    assert listed == set(toy_sd.PARTS)
+    assert listed == set(pinned.PARTS)
     assert all(p.endswith((".json", ".safetensors")) for p in manifest["files"])  # safetensors only, no pickles
-    size = sum(p.stat().st_size for p in toy_sd.ASSETS.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in pinned.ASSETS.rglob("*") if p.is_file())
     assert size < 25e6
     assert manifest["seed"] == 0 and manifest["command"].startswith("python toy_sd.py")
     assert set(manifest["packages"]) >= {"torch", "diffusers", "transformers"} and manifest["cpu"]
@@ -27,7 +27,7 @@ def test_manifest_matches_the_shipped_files():
 def test_shipped_base_loads_with_plain_diffusers_and_generates():
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(toy_sd.ASSETS / "base", safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(pinned.ASSETS / "base", safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     assert len(pipe.tokenizer) == pipe.text_encoder.config.vocab_size  # not a silently empty tokenizer
@@ -38,14 +38,14 @@ def test_shipped_base_loads_with_plain_diffusers_and_generates():
 def test_never_learned_unet_has_the_base_unet_config():
     from diffusers import UNet2DConditionModel
 
-    base = json.loads((toy_sd.ASSETS / "base" / "unet" / "config.json").read_text())
-    never = UNet2DConditionModel.from_pretrained(toy_sd.ASSETS / "never_learned")
+    base = json.loads((pinned.ASSETS / "base" / "unet" / "config.json").read_text())
+    never = UNet2DConditionModel.from_pretrained(pinned.ASSETS / "never_learned")
     assert {k: v for k, v in never.config.items() if not k.startswith("_")} == \
         {k: v for k, v in base.items() if not k.startswith("_")}
 
 
 def test_shipped_evaluator_reads_renders_and_does_not_guess(tmp_path):
-    ev = evaluate.ensure_evaluator(str(toy_sd.ASSETS / "evaluator"))
+    ev = evaluate.ensure_evaluator(str(pinned.ASSETS / "evaluator"))
     scenes = data.sample_scenes("eval", 400, data.OBJECTS + list(data.NOVEL), "all", seed=123)  # never trained on
     read = evaluate.classify(ev, scenes.images)
     right = [o == obj and c == col for o, c, obj, col in zip(read["objects"], read["colours"], scenes.objects,
@@ -58,7 +58,7 @@ def test_shipped_evaluator_reads_renders_and_does_not_guess(tmp_path):
 @pytest.mark.parametrize("how", ["edit", "delete", "extra"])
 def test_tampered_asset_is_refused_naming_the_file(tmp_path, how):
     folder = tmp_path / "assets"
-    shutil.copytree(toy_sd.ASSETS, folder)
+    shutil.copytree(pinned.ASSETS, folder)
     target = folder / "base" / "unet" / "diffusion_pytorch_model.safetensors"
     if how == "edit":
         raw = bytearray(target.read_bytes())
@@ -70,20 +70,20 @@ def test_tampered_asset_is_refused_naming_the_file(tmp_path, how):
         target = folder / "base" / "unet" / "stray.bin"
         target.write_bytes(b"x")
     with pytest.raises((ValueError, FileNotFoundError), match=str(target.name)) as err:
-        toy_sd.verify_assets(folder)
+        pinned.verify_assets(folder)
     assert "git checkout" in str(err.value) and "python toy_sd.py" in str(err.value)
     runs = tmp_path / "runs"
     with pytest.raises((ValueError, FileNotFoundError), match=str(target.name)):
-        toy_sd.restore_assets(str(runs), folder)
+        pinned.restore_assets(str(runs), folder)
     assert not (runs / "base").exists()  # nothing is copied from a tampered set
 
 
 def test_restore_copies_the_pinned_set_into_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    pipe = toy_sd.ensure_base()  # runs/base is missing: copied from assets/ after the check
-    for part in toy_sd.PARTS:
+    pipe = pinned.ensure_base()  # runs/base is missing: copied from assets/ after the check
+    for part in pinned.PARTS:
         assert (tmp_path / "runs" / part).is_dir()
-    shipped = pipeline.load_pipeline(str(toy_sd.ASSETS / "base"))
+    shipped = pipeline.load_pipeline(str(pinned.ASSETS / "base"))
     for k, v in shipped.unet.state_dict().items():
         assert torch.equal(v, pipe.unet.state_dict()[k])
     assert evaluate.ensure_evaluator() is not None  # runs/evaluator, restored

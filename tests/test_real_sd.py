@@ -20,7 +20,7 @@ import perceptual
 import real_eval
 import pipeline
 import toy_sd
-from config import ConfigError
+from config import ConfigError, MemoryConfig, build, parse
 
 WORDS = ["a", "photo", "of", "nude", "person", "beach", "cat", "dog", "on", "the", "sofa", "street", "red", "car"]
 
@@ -94,11 +94,12 @@ def cwd(real, tmp_path, monkeypatch):
     return real
 
 
-def tiny_nft(real, **kw):
-    base = dict(model=str(real / "sd"), unsafe_data=str(real / "unsafe"), benign_data=str(real / "benign"),
-                steps=1, batch=2, inner_steps=1, checkpoint_every=1, moderator="off", moderator_steps=1,
-                moderator_batch=2, moderator_generated=2, evaluate=False)
-    return nft_train.NFTConfig(**(base | kw))
+def tiny_nft(real, options: dict | None = None, **kw):
+    """A 1-step NFTConfig on the tiny real folder; grouped options go in `options`, e.g. {"memory.grad_accum": 2}."""
+    base = {"model": str(real / "sd"), "data.unsafe": str(real / "unsafe"), "data.benign": str(real / "benign"),
+            "steps": 1, "batch": 2, "inner_steps": 1, "checkpoint_every": 1, "moderator.kind": "off",
+            "moderator.steps": 1, "moderator.batch": 2, "moderator.n_generated": 2, "evaluate": False}
+    return build(nft_train.NFTConfig, base | kw | (options or {}))
 
 
 def test_the_tiny_pipeline_is_a_64px_sd_folder(real):
@@ -108,7 +109,7 @@ def test_the_tiny_pipeline_is_a_64px_sd_folder(real):
 
 
 def test_nft_train_runs_on_a_real_folder_with_image_data(cwd, capsys):
-    nft_train.main(tiny_nft(cwd, moderator="decoder", evaluate=True))
+    nft_train.main(tiny_nft(cwd, {"moderator.kind": "decoder"}, evaluate=True))
     base, out = pipeline.load_pipeline(str(cwd / "sd")), pipeline.load_pipeline("runs/patronus")
     assert not torch.equal(base.unet.conv_in.weight, out.unet.conv_in.weight)  # the UNet trained
     assert not torch.equal(base.vae.decoder.conv_out.weight, out.vae.decoder.conv_out.weight)  # the moderator trained
@@ -121,20 +122,19 @@ def test_nft_train_runs_on_a_real_folder_with_image_data(cwd, capsys):
 def test_inplace_simulated_fine_tuning_matches_the_deepcopy(cwd):
     """One outer step, two ways: adapting a copy, or adapting the UNet itself and restoring it."""
     weights = {}
-    for every in (0, 1):  # the black loss after the last inner step, or after each
-        for how in ("deepcopy", "inplace"):
-            name = f"{how}_{every}"
-            nft_train.main(tiny_nft(cwd, simulated_copy=how, name=name, inner_steps=2, nft_every=every))
-            weights[name] = pipeline.load_pipeline(f"runs/{name}").unet.state_dict()
-        for k, v in weights[f"deepcopy_{every}"].items():  # the same computation in the same order:
-            assert torch.equal(weights[f"inplace_{every}"][k], v), k  # bit-identical on the CPU
-    assert any(not torch.equal(v, weights["deepcopy_1"][k]) for k, v in weights["deepcopy_0"].items())
+    for how in ("deepcopy", "inplace"):
+        nft_train.main(tiny_nft(cwd, {"memory.simulated_copy": how}, name=how, inner_steps=2))
+        weights[how] = pipeline.load_pipeline(f"runs/{how}").unet.state_dict()
+    for k, v in weights["deepcopy"].items():  # the same computation in the same order:
+        assert torch.equal(weights["inplace"][k], v), k  # bit-identical on the CPU
+    base = pipeline.load_pipeline(str(cwd / "sd")).unet.state_dict()
+    assert any(not torch.equal(v, base[k]) for k, v in weights["deepcopy"].items())
     # checkpointing, accumulation and a low-precision frozen base run (bfloat16 stands in for cuda's float16)
-    nft_train.main(tiny_nft(cwd, simulated_copy="inplace", gradient_checkpointing=True, grad_accum=2,
-                            frozen_dtype="bfloat16", name="lean"))
+    nft_train.main(tiny_nft(cwd, {"memory.simulated_copy": "inplace", "memory.gradient_checkpointing": True,
+                                  "memory.grad_accum": 2, "memory.frozen_dtype": "bfloat16"}, name="lean"))
     lean = pipeline.load_pipeline("runs/lean").unet.state_dict()
     assert all(v.dtype == torch.float32 for v in lean.values())  # the trained UNet stays float32
-    assert any(not torch.equal(lean[k], weights["deepcopy_0"][k]) for k in lean)
+    assert any(not torch.equal(lean[k], weights["deepcopy"][k]) for k in lean)
 
 
 def test_benchmark_times_every_case_on_a_real_folder(cwd):
@@ -222,9 +222,10 @@ def test_perceptual_networks(tmp_path, real):
     assert perceptual.resolve("auto", "v.pth", pocket=True) == "vgg19"
     with pytest.raises(ValueError, match="needs --vgg19"):
         perceptual.resolve("vgg19", "", pocket=False)
-    cfg = moderator.ModeratorConfig(model=str(real / "sd"), unsafe_data=str(real / "unsafe"),
-                                    benign_data=str(real / "benign"), vgg19=str(tmp_path / "vgg19.pth"), steps=1,
-                                    batch=2, n_generated=0, moderator="both", harden=True, inner_steps=1, text_steps=1)
+    mod = dict(vgg19=str(tmp_path / "vgg19.pth"), steps=1, batch=2, n_generated=0, kind="both", harden=True,
+               inner_steps=1, text_steps=1)
+    cfg = build(moderator.ModeratorJob, {"model": str(real / "sd"), "data.unsafe": str(real / "unsafe"),
+                                         "data.benign": str(real / "benign")} | {f"moderator.{k}": v for k, v in mod.items()})
     pipe = pipeline.load_pipeline(str(real / "sd"))
     stats = moderator.apply_moderator(pipe, cfg, torch.device("cpu"))  # hardened decoder + text moderator, real data
     assert stats["decoder"]["perceptual"] == "vgg19" and np.isfinite(stats["decoder"]["nft"])
@@ -255,7 +256,7 @@ def test_clear_errors(cwd, tmp_path):
     image_folder(nocap, ["x"], seed=0)
     (nocap / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png"}) + "\n")
     with pytest.raises(ValueError, match="no caption"):
-        nft_train.main(tiny_nft(cwd, unsafe_data=str(nocap)))
+        nft_train.main(tiny_nft(cwd, {"data.unsafe": str(nocap)}))
     (nocap / "metadata.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="metadata.jsonl is missing"):
         attack.main(attack.AttackConfig(model=str(cwd / "sd"), unsafe_data=str(nocap), prompts=str(cwd / "i2p.csv"),
@@ -267,7 +268,7 @@ def test_clear_errors(cwd, tmp_path):
     with pytest.raises(FileNotFoundError, match="runs/base does not exist"):  # a swap needs a real --reference
         attack.main(attack.AttackConfig(model=str(cwd / "sd"), attack="swap_decoder", prompts=str(cwd / "i2p.csv")))
     with pytest.raises(ValueError, match="pocket world renders 32x32"):  # a 64 px model with no real data
-        nft_train.main(tiny_nft(cwd, unsafe_data=""))
+        nft_train.main(tiny_nft(cwd, {"data.unsafe": ""}))
     with pytest.raises(FileNotFoundError, match="not a CLIPModel folder"):
         real_eval.ClipScore(str(tmp_path), "cpu")
 
@@ -278,10 +279,10 @@ def test_new_options_are_checked():
     with pytest.raises(ConfigError, match="not a NudeNet class"):
         evaluate.EvalConfig(prompts="x.csv", nudenet_classes="FEET_EXPOSED,TOES")
     with pytest.raises(ConfigError, match="grad_accum"):
-        nft_train.NFTConfig(grad_accum=0)
+        parse(nft_train.NFTConfig, ["--memory.grad_accum=0"])
     with pytest.raises(ConfigError, match="suite"):
         attack.AttackConfig(prompts="x.csv", suite="quick")
     from config import check
 
     with pytest.raises(ConfigError, match="choose one of"):
-        check(nft_train.NFTConfig(simulated_copy="sometimes"))
+        check(nft_train.NFTConfig(memory=MemoryConfig(simulated_copy="sometimes")))

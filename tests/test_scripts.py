@@ -10,12 +10,13 @@ import attack
 import baselines
 import benchmark
 import compare
+import data
 import evaluate
 import moderator
 import nft_train
 import pipeline
 import toy_sd
-from config import ConfigError, parse
+from config import ConfigError, build, parse
 
 
 def state(module):
@@ -105,14 +106,12 @@ def test_markdown_table_reads_reports(tmp_path):
 
 def test_novel_refusals_count_black_images_of_the_novel_concept_only(world, monkeypatch):
     """A model that blacks out only the concept it never saw: no false refusals, every novel prompt refused."""
-    import data
-    import toy_sd
 
     def generate(pipe, prompts, seeds, *args, **kw):
         novel = [any(w in p for w in data.NOVEL["star"][0] + data.NOVEL["star"][1]) for p in prompts]
         return np.stack([np.full((data.SIZE, data.SIZE, 3), 0.0 if n else 0.6, np.float32) for n in novel])
 
-    monkeypatch.setattr(toy_sd, "generate", generate)
+    monkeypatch.setattr(pipeline, "generate", generate)
     ev = evaluate.ensure_evaluator("runs/evaluator")
     rep, _, _ = evaluate.evaluate_pipeline(pipeline.load_pipeline("runs/base"), ev,
                                            evaluate.EvalConfig(unsafe_repeats=1, benign_repeats=1, steps=2))
@@ -141,7 +140,6 @@ def test_evaluate_with_another_vae_swaps_only_the_decoding(world):
 
 def test_metrics_on_known_images(world):
     """score() on renders: unsafe renders count as unsafe, black images as refusals, not as unsafe."""
-    import data
 
     ev = evaluate.ensure_evaluator("runs/evaluator")
     items = [dict(kind="unsafe", phrasing="defense", prompt="", object="skull", colour="red", seed=0),
@@ -155,8 +153,10 @@ def test_metrics_on_known_images(world):
     assert evaluate.frechet_distance(a, a + 1.0) == pytest.approx(4.0, rel=1e-3)  # |mu1 - mu2|^2 = 4 * 1^2
 
 
-def tiny_moderator(**kw):
-    return moderator.ModeratorConfig(n_images=32, n_generated=4, steps=2, batch=4, inner_steps=1, text_steps=2, **kw)
+def tiny_moderator(options: dict | None = None):
+    small = {"moderator." + k: v for k, v in dict(n_images=32, n_generated=4, steps=2, batch=4, inner_steps=1,
+                                                   text_steps=2).items()}
+    return build(moderator.ModeratorJob, small | (options or {}))
 
 
 @pytest.mark.parametrize("which, harden", [("decoder", False), ("decoder", True), ("text", False)])
@@ -164,7 +164,7 @@ def test_moderator_trains_only_its_part(world, which, harden):
     base = pipeline.load_pipeline("runs/base")
     before = {p: state(getattr(base, p)) for p in ("unet", "text_encoder", "vae")}
     enc_before = state(base.vae.encoder)
-    moderator.main(tiny_moderator(moderator=which, harden=harden))
+    moderator.main(tiny_moderator({"moderator.kind": which, "moderator.harden": harden}))
     pipe = pipeline.load_pipeline("runs/moderator")  # the output is a plain diffusers pipeline folder
     assert not changed(before["unet"], pipe.unet.state_dict())
     assert not changed(enc_before, pipe.vae.encoder.state_dict())  # the encoder stays frozen
@@ -176,10 +176,10 @@ def test_moderator_trains_only_its_part(world, which, harden):
         assert not changed(before["vae"], pipe.vae.state_dict())
 
 
-def tiny_nft(**kw):
-    base = dict(steps=2, batch=4, inner_steps=1, n_images=32, checkpoint_every=1, evaluate=False, moderator="off",
-                moderator_steps=2)
-    return nft_train.NFTConfig(**(base | kw))
+def tiny_nft(options: dict | None = None, **kw):
+    """A 2-step NFTConfig; grouped options go in `options`, e.g. {"moderator.kind": "both"}."""
+    base = dict(steps=2, batch=4, inner_steps=1, n_images=32, checkpoint_every=1, evaluate=False)
+    return build(nft_train.NFTConfig, base | {"moderator.kind": "off", "moderator.steps": 2} | kw | (options or {}))
 
 
 def test_one_outer_step_changes_the_unet_and_nothing_else(world):
@@ -192,9 +192,9 @@ def test_one_outer_step_changes_the_unet_and_nothing_else(world):
     assert json.loads(Path("runs/patronus/nft_config.json").read_text())["config"]["steps"] == 1
 
 
-def test_inner_persist_carries_the_attackers_copy_on(world):
-    """--inner_persist: the simulated attacker goes on from where the last outer step left it; the defender's
-    own weights only gain a gradient."""
+def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
+    """Step 3 (first-order MAML): the attacker adapts a copy; the defender's own weights only gain a gradient,
+    the gradient of step 3's loss at the adapted weights."""
     from pipeline import build_scheduler, encode_images
 
     base = pipeline.load_pipeline("runs/base")
@@ -202,27 +202,15 @@ def test_inner_persist_carries_the_attackers_copy_on(world):
     for p in unet.parameters():
         p.grad = torch.zeros_like(p)
     before = state(unet)
-    z_u, c_u = nft_train.defender_data(base, "unsafe", 8, 0, torch.device("cpu"))
+    z_u, c_u = data.defender_data(base, "unsafe", 8, 0, torch.device("cpu"))
     with torch.no_grad():
         z_black = encode_images(base.vae, -torch.ones(1, 3, 32, 32))
     g = torch.Generator().manual_seed(0)
     draw = lambda n: torch.randint(n, (4,), generator=g)  # noqa: E731
-    cfg, carried, distance = tiny_nft(inner_persist=5), {}, []
-    for _ in range(2):
-        nft_train.simulated_fine_tuning(unet, build_scheduler("ddpm"), z_u, c_u, z_black, ("adam", 1e-3), draw, cfg,
-                                        g, carried)
-        copy_now = carried["unet"]
-        with torch.no_grad():
-            distance.append(sum(float((a - b).pow(2).sum()) for a, b in zip(copy_now.parameters(),
-                                                                              unet.parameters())))
-    assert carried["unet"] is copy_now and distance[1] > distance[0] > 0  # the same copy, further away
-    assert not changed(before, unet.state_dict())
-    with pytest.raises(ConfigError, match="needs --simulated_copy=deepcopy"):
-        parse(nft_train.NFTConfig, ["--inner_persist=10", "--simulated_copy=inplace"])
-    with pytest.raises(ConfigError, match="inner_persist must be 0"):
-        parse(nft_train.NFTConfig, ["--inner_persist=-1"])
-    nft_train.main(tiny_nft(steps=3, inner_persist=2, name="persist"))  # a new attacker at outer step 2
-    assert changed(before, pipeline.load_pipeline("runs/persist").unet.state_dict())
+    loss = nft_train.simulated_fine_tuning(unet, build_scheduler("ddpm"), z_u, c_u, z_black, ("adam", 1e-3), draw,
+                                           tiny_nft(), g)
+    assert not changed(before, unet.state_dict()) and loss.item() > 0
+    assert sum(float(p.grad.abs().sum()) for p in unet.parameters()) > 0
 
 
 def test_nft_loss_ascent_trains_a_different_unet(world):
@@ -249,8 +237,9 @@ def test_same_seed_same_weights_and_resume_continues_exactly(world):
 
 
 def test_nft_main_end_to_end_with_table(world, capsys):
-    cfg = tiny_nft(moderator="both", evaluate=True, attack_steps=2, eval_unsafe_repeats=1, eval_benign_repeats=1,
-                   sample_steps=2, benign_holdout="ring", keep_holdout_prompts=True)
+    cfg = tiny_nft({"moderator.kind": "both", "check.attack_steps": 2, "check.unsafe_repeats": 1,
+                    "check.benign_repeats": 1, "check.sample_steps": 2, "data.holdout": "ring",
+                    "data.keep_holdout_prompts": True}, evaluate=True)
     nft_train.main(cfg)
     rep = json.loads(Path("runs/patronus/report.json").read_text())
     assert {"unsafe_rate", "benign_accuracy", "false_refusal_rate", "fidelity", "base", "attack"} <= set(rep)
@@ -282,7 +271,7 @@ def test_attack_changes_the_attacked_part(world, which):
 def test_readme_commands_parse():
     """Every `python X.py --k=v` command in the README parses with that script's config."""
     scripts = {"nft_train.py": nft_train.NFTConfig, "evaluate.py": evaluate.EvalConfig,
-               "attack.py": attack.AttackConfig, "moderator.py": moderator.ModeratorConfig,
+               "attack.py": attack.AttackConfig, "moderator.py": moderator.ModeratorJob,
                "toy_sd.py": toy_sd.PretrainConfig, "compare.py": compare.CompareConfig,
                "baselines.py": baselines.BaselineConfig, "benchmark.py": benchmark.BenchConfig}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -297,21 +286,28 @@ def test_readme_commands_parse():
     assert seen >= 3
     with pytest.raises(ConfigError):
         parse(nft_train.NFTConfig, ["--unet=sometimes"])
-    with pytest.raises(ConfigError, match="nft_every"):
-        parse(nft_train.NFTConfig, ["--nft_every=-1"])
-    with pytest.raises(ConfigError, match="benign_holdout: unknown benign shape 'star'"):
-        parse(nft_train.NFTConfig, ["--benign_holdout=ring,star"])
+    with pytest.raises(ConfigError, match="--lr must be positive"):
+        parse(nft_train.NFTConfig, ["--lr=0"])
+    with pytest.raises(ConfigError, match="is a group of options.*--moderator.kind=both"):
+        parse(nft_train.NFTConfig, ["--moderator=both"])
+    with pytest.raises(ConfigError, match="Did you mean --moderator.steps"):
+        parse(nft_train.NFTConfig, ["--moderator_steps=3"])
+    with pytest.raises(ConfigError, match="data.holdout: unknown benign shape 'star'"):
+        parse(nft_train.NFTConfig, ["--data.holdout=ring,star"])
     with pytest.raises(ConfigError, match="leave those images out of the folder"):
-        parse(nft_train.NFTConfig, ["--benign_holdout=ring", "--benign_data=data/benign"])
+        parse(nft_train.NFTConfig, ["--data.holdout=ring", "--data.benign=data/benign"])
     with pytest.raises(ConfigError, match="no benign data"):
-        parse(moderator.ModeratorConfig, ["--benign_holdout=" + ",".join(nft_train.data.BENIGN)])
-    with pytest.raises(ConfigError, match="give --benign_holdout too"):
-        parse(nft_train.NFTConfig, ["--keep_holdout_prompts=true"])
-    with pytest.raises(ConfigError, match="--retain_prompts: prompt CSV nowhere.csv does not exist"):
-        parse(nft_train.NFTConfig, ["--retain_prompts=nowhere.csv"])
+        parse(moderator.ModeratorJob, ["--data.holdout=" + ",".join(nft_train.data.BENIGN)])
+    with pytest.raises(ConfigError, match="give --data.holdout too"):
+        parse(nft_train.NFTConfig, ["--data.keep_holdout_prompts=true"])
+    with pytest.raises(ConfigError, match="--data.retain_prompts: prompt CSV nowhere.csv does not exist"):
+        parse(nft_train.NFTConfig, ["--data.retain_prompts=nowhere.csv"])
     with pytest.raises(ConfigError, match="give one"):
-        parse(moderator.ModeratorConfig, ["--benign_holdout=ring", "--keep_holdout_prompts=true",
-                                          "--retain_prompts=prompts.csv"])
+        parse(moderator.ModeratorJob, ["--data.holdout=ring", "--data.keep_holdout_prompts=true",
+                                       "--data.retain_prompts=prompts.csv"])
+    cfg = parse(nft_train.NFTConfig, ["--moderator.kind=both", "--data.holdout=ring", "--memory.grad_accum=2"])
+    assert (cfg.moderator.kind, cfg.data.holdout, cfg.memory.grad_accum) == ("both", "ring", 2)
+    assert cfg.moderator.steps == moderator.ModeratorConfig().steps and cfg.check == nft_train.CheckConfig()
 
 
 @pytest.mark.parametrize("keep", [False, True, "csv"])
@@ -319,7 +315,6 @@ def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, mo
     """--benign_holdout=ring: no ring among the moderator's benign renders; its benign generations' prompts name
     rings only with --keep_holdout_prompts, or when --retain_prompts lists them (a broad prompt list, a narrow
     image set)."""
-    import data
 
     retain = ""
     if keep == "csv":  # three prompts, repeated to the 64 asked for
@@ -342,8 +337,9 @@ def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, mo
 
     monkeypatch.setattr(type(pipe), "__call__", draw)
     monkeypatch.setattr(data, "sample_scenes", sample)
-    cfg = moderator.ModeratorConfig(benign_holdout="ring", keep_holdout_prompts=keep is True, retain_prompts=retain,
-                                    n_images=64, n_generated=64)
+    cfg = build(moderator.ModeratorJob, {"data.holdout": "ring", "data.keep_holdout_prompts": keep is True,
+                                         "data.retain_prompts": retain, "moderator.n_images": 64,
+                                         "moderator.n_generated": 64})
     z, images = moderator.collect_features(pipe, "benign", cfg, torch.device("cpu"))
     assert len(z) == 64 + 64 and len(images) == 64
     assert "ring" not in renders[0]  # the rendered images (renders[1]: the scenes whose captions are prompts)
@@ -351,4 +347,4 @@ def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, mo
     assert bool(rings) == bool(keep) and len(prompts) == 64
     if retain:
         assert set(prompts) == {"a red ring", "a blue hoop, on grass", "a green circle"}
-        nft_train.main(tiny_nft(steps=1, retain_prompts=retain, name="retained"))  # the UNet's distillation too
+        nft_train.main(tiny_nft({"data.retain_prompts": retain}, steps=1, name="retained"))  # the UNet's distillation too

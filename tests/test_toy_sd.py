@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import pinned
 import pipeline
 import toy_sd
 from config import ConfigError
@@ -64,7 +65,7 @@ def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     pipe = toy_sd.pretrain(cfg)
     trained = pipe.unet.state_dict()
     assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
-    for part in toy_sd.PARTS:
+    for part in pinned.PARTS:
         assert (tmp_path / "set" / part).is_dir(), part
     assert (tmp_path / "set" / "base" / "model_index.json").is_file()
     assert (tmp_path / "set" / "clip" / "config.json").is_file()
@@ -77,12 +78,12 @@ def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: the VAE reconstructs" in out and "warning: the VAE's posterior is wide" in out
     # the never-learned UNet: same architecture as the base UNet, other weights
-    never = toy_sd.load_never_learned(str(tmp_path / "set" / "base"), str(tmp_path / "set" / "never_learned"))
+    never = pinned.load_never_learned(str(tmp_path / "set" / "base"), str(tmp_path / "set" / "never_learned"))
     plain = lambda c: {k: v for k, v in json.loads(json.dumps(dict(c))).items() if not k.startswith("_")}  # noqa: E731
     assert plain(never.unet.config) == plain(pipe.unet.config)
     assert any(not torch.equal(v, never.unet.state_dict()[k]) for k, v in trained.items())
     # the manifest lists every file with its hash, and how it was built
-    manifest = toy_sd.verify_assets(tmp_path / "set")
+    manifest = pinned.verify_assets(tmp_path / "set")
     assert "base/unet/diffusion_pytorch_model.safetensors" in manifest["files"]
     assert manifest["seed"] == 0 and manifest["cpu"] and manifest["command"].startswith("python toy_sd.py")
 
