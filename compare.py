@@ -13,9 +13,11 @@ differs from the one below, loaded otherwise:
 Columns: the unsafe rate on `defense` and `heldout` phrasings, benign accuracy, false refusals, refusals of a
 novel concept and fidelity to the base (evaluate.py, 450 + 50 images), then the faithful unsafe rate after each attack of the chosen attack suite
 (attack.py; the strongest learning rate of the suite's grid per defence and attack, one seed) plus
-remove_filter. The from-scratch reference (a random UNet, decoder or text encoder trained the same way) is
-attacked too. The filter stays in its pipeline for every attack except remove_filter: what a careless
-attacker gets; a careful one removes it first.
+remove_filter. Two references are attacked too: the never-learned model (the base with the never-learned UNet
+of runs/never_learned, pretrained with every unsafe image filtered out of its data: the realistic ideal of a
+defence; evaluated like a defence, and attacked on its UNet and by the swaps, suites.faces) and the
+from-scratch one (a random UNet, decoder or text encoder trained the same way). The filter stays in its
+pipeline for every attack except remove_filter: what a careless attacker gets; a careful one removes it first.
 
 Run: `python compare.py` (all defences, quick suite) writes runs/compare/: compare.json, compare.md (the
 tables in the README), curves.png (faithful UR against attack steps, one line per defence), attacks.json.
@@ -37,6 +39,7 @@ from baselines import BaselineConfig
 from config import ConfigError, build, cli, flatten, option, pick_device, run_record, seed_everything, write_json
 from moderator import ModeratorJob
 from nft_train import NFTConfig
+from suites import NEVER_LEARNED, load_never_learned, never_learned_folder
 
 # name -> (folder, the config that builds it); "none" is the base model itself
 DEFENCES = {
@@ -127,7 +130,7 @@ def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str)
     head = ["defence", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "MSE to base",
             "FD to base"]
     lines = ["| " + " | ".join(head + [f"{name} {a}" for a in attacks]) + " |", "|" + "---|" * (len(head) + len(attacks))]
-    for model in [*rows, "scratch"]:
+    for model in [*rows, "scratch"]:  # the defences, the never-learned reference, then scratch
         r = rows.get(model)
         cells = [model] + (["-"] * (len(head) - 1) if r is None else [
             f"{r['unsafe_rate']['defense']:.3f}", f"{r['unsafe_rate']['heldout']:.3f}", f"{r['benign_accuracy']:.3f}",
@@ -148,10 +151,12 @@ def main(cfg: CompareConfig):
     names = list(DEFENCES) if cfg.defences == "all" else [d for d in cfg.defences.split(",") if d]
     out = Path("runs") / cfg.name
     t_start = time.time()
+    never_learned_folder("runs/base")  # copied from assets/ when runs/ lacks it; before any training
     built = {n: ensure_defence(n, cfg.rebuild, cfg.device) for n in names}  # trains what is missing
     evaluator = ensure_evaluator(device=device)
     pipes = {n: load_pipeline(folder, device, safety_checker=True) for n, (folder, _) in built.items()}
     reference = pipes.get("none") or load_pipeline("runs/base", device)  # attacks copy before they change
+    references = {NEVER_LEARNED: load_never_learned("runs/base", device)}  # evaluated and attacked, never trained
     if "filter" in pipes:
         from baselines import quiet_checker
 
@@ -164,12 +169,12 @@ def main(cfg: CompareConfig):
     ref_images = generate(reference, [it["prompt"] for it in items], [it["seed"] for it in items], ecfg.steps,
                           ecfg.guidance)
     rows = {}
-    for n, pipe in pipes.items():
+    for n, pipe in (pipes | references).items():
         rows[n], _, _ = evaluate_pipeline(pipe, evaluator, ecfg, ref_images)
         print(f"{n}: UR {rows[n]['unsafe_rate']['defense']:.3f} / {rows[n]['unsafe_rate']['heldout']:.3f}, "
               f"BA {rows[n]['benign_accuracy']:.3f}, false refusals {rows[n]['false_refusal_rate']:.3f}")
     t_eval = time.time()
-    # (2) the same attacks on every defence and on the from-scratch reference
+    # (2) the same attacks on every defence and on the never-learned and from-scratch references
     spec = SUITES[cfg.suite]
     # heldout_prompts is the UR heldout column already; remove_filter always, once, last
     attacks = [a for a in spec["attacks"] if a not in ("heldout_prompts", "remove_filter")] + ["remove_filter"]
@@ -179,8 +184,8 @@ def main(cfg: CompareConfig):
     cache = out / "attack_cache.json"  # every attack run measured in runs/<name>/, by weights and settings
     if not cfg.reuse:
         cache.unlink(missing_ok=True)
-    entries = attack_grid({**pipes, "scratch": None}, [(a, "unsafe") for a in attacks], spec, acfg, reference,
-                          evaluator, device, out, grid_of="patronus", cache=cache)
+    entries = attack_grid({**pipes, **references, "scratch": None}, [(a, "unsafe") for a in attacks], spec, acfg,
+                          reference, evaluator, device, out, grid_of="patronus", cache=cache)
     reused = sum(e.get("reused", False) for e in entries)
     best = [e for e in entries if e["best"]]
     seconds = {"training": round(t_built - t_start, 1), "evaluation": round(t_eval - t_built, 1),
@@ -192,6 +197,8 @@ def main(cfg: CompareConfig):
           f"Plain unsafe rate after each attack, same runs:\n\n{table(rows, best, attacks, 'curve', 'UR')}\n")
     write_json(out / "compare.json", {"defences": {n: {"folder": built[n][0], **built[n][1], "report": rows[n]}
                                                    for n in names},
+                                      "references": {NEVER_LEARNED: {"folder": str(never_learned_folder("runs/base")),
+                                                                     "report": rows[NEVER_LEARNED]}},
                                       "attacks": attacks, "suite": cfg.suite, "seconds": seconds,
                                       "attack_runs": len(entries),
                                       "reused_runs": reused,

@@ -1,11 +1,15 @@
 """suites.py: attack suites, the resilience experiment of Patronus (arXiv 2510.16581): every attack of a list
-against the defended model and, in the same run, two references attacked the same way.
+against the defended model and, in the same run, three references attacked the same way.
 
-The references: the reference model (`--reference`, the undefended base) and the reference with the trained
+The references: the reference model (`--reference`, the undefended base); the never-learned model (the base
+with the never-learned UNet of <reference's folder>/never_learned: pretrained by the same recipe with every
+unsafe image filtered out of its data, the realistic ideal of a defence); and the reference with the trained
 part randomly initialised ("scratch", SOPHON's ideal: fine-tuning the defended model should be no easier than
 training from scratch; for the decoder and text-encoder attacks the rest of that reference is the base's,
-which already knows the glyphs). A suite also fine-tunes the UNet on a benign concept it never saw
-(data.NOVEL, "star") and measures how fast it learns (novel accuracy against steps), defended against base.
+which already knows the glyphs). The never-learned model differs from the base in its UNet only, so it faces
+the attacks on a UNet: those that train it (finetune_unet, lora_unet, after any swaps) and the swaps alone.
+A suite also fine-tunes the UNet on a benign concept it never saw (data.NOVEL, "star") and measures how fast
+it learns (novel accuracy against steps), defended against base.
 For each attack, model and seed a suite keeps the strongest (optimizer, lr) of its grid (highest mean
 faithful UR over the curve), and its table says which. Two attacks that start from the same weights are run
 once (the base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
@@ -17,8 +21,11 @@ once (the base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
          Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2): 34 minutes on 2 CPU cores (README)
   wide   full's attacks and steps x 12 (optimizer, lr) (Adam, AdamW, RMSprop at 1e-5, 1e-4, 1e-3; SGD with
          momentum at 1e-4 to 1e-2; LoRA 10x): about six times full, hours on 2 CPU cores
+(Times measured before the never-learned reference joined: it adds one run per UNet attack, (optimizer, lr)
+and seed, and one per swap.)
 --only, --optimizers and --lrs run a part of a suite. A suite writes attacks.json (every run; "best": true
-marks the kept ones), attacks.md (the tables of report.py), curves.png (faithful UR), curves_plain.png and
+marks the kept ones), attacks.md (the tables of report.py, among them the steps to UR 0.5 of the defended
+model against the never-learned one, worst case over the grid), curves.png (faithful UR), curves_plain.png and
 grids/<attack>.png (the defended model's images before and after).
 
 Run: `python attack.py --model=runs/patronus --suite=quick`. Every `cfg` here is an attack.AttackConfig.
@@ -74,6 +81,46 @@ def strength(entry: dict) -> float:
     return float(np.mean([v for _, v in entry.get("curve_faithful", entry["curve"])]))
 
 
+NEVER_LEARNED = "never_learned"  # the never-learned reference's label in the entries (attacks.json)
+UNET_TRAINING = ("finetune_unet", "lora_unet")  # the training steps a never-learned model faces
+
+
+def faces(label: str, swaps: list, train: str | None, task: str) -> bool:
+    """Does model `label` face this attack? The never-learned model differs from the base in its UNet only:
+    it faces the attacks that train a UNet (after any swaps) and the swaps alone, on unsafe data (its decoder
+    and text encoder are the base's, attacked in the base's row; its benign learning is the base's)."""
+    if label != NEVER_LEARNED:
+        return True
+    return task == "unsafe" and (train in UNET_TRAINING or (train is None and bool(swaps)))
+
+
+def never_learned_folder(reference: str) -> Path:
+    """The never-learned UNet that goes with `reference`: <reference's folder>/never_learned (runs/base ->
+    runs/never_learned). The pinned one is copied from assets/ when runs/ lacks it (as evaluator.py does for
+    runs/evaluator); any other missing folder raises FileNotFoundError saying how to get it."""
+    folder = Path(reference).parent / NEVER_LEARNED
+    if not (folder / "config.json").is_file() and folder == Path("runs") / NEVER_LEARNED:
+        from pinned import restore_assets
+
+        restore_assets("runs")  # what runs/ lacks of the pinned base, never_learned, clip and evaluator
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} holds no UNet (config.json): the suites attack the never-learned UNet (the base's recipe "
+            f"with every unsafe image filtered out of its data) beside {reference}, from {folder}. For the pinned "
+            f"base, copy the pinned one from assets/never_learned with `python -c \"import pinned; "
+            f"pinned.restore_assets('{folder.parent}')\"` (checked against assets/manifest.json); for a base "
+            f"built by `python toy_sd.py --out=DIR`, use DIR/base as --reference (DIR/never_learned is its "
+            "never-learned UNet)")
+    return folder
+
+
+def load_never_learned(reference: str, device):
+    """The never-learned model: the pipeline of `reference` with the never-learned UNet in place of its own."""
+    from pinned import load_never_learned as load
+
+    return load(reference, str(never_learned_folder(reference)), device)
+
+
 def suite_grid(spec: dict, train: str, task: str, cfg) -> list[tuple[str, float]]:
     """The (optimizer, lr) pairs a suite tries for one training step, less those --optimizers/--lrs drop."""
     grid = spec["grid"].get("novel" if task == "novel" else train, spec["grid"]["*"])
@@ -94,6 +141,7 @@ def run_suite(cfg) -> list[dict]:
 
     spec = SUITES[cfg.suite]
     check_folder(cfg.reference)  # cfg.model: checked by attack.main
+    never_learned_folder(cfg.reference)  # before anything runs
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     defended = load_pipeline(cfg.model, device)
@@ -102,17 +150,20 @@ def run_suite(cfg) -> list[dict]:
                          "images: run single attacks with --prompts=<I2P-format CSV> on a real model")
     evaluator = ensure_evaluator(cfg.evaluator, device=device)
     reference = load_pipeline(cfg.reference, device)
+    never_learned = load_never_learned(cfg.reference, device)
     out = out_dir(cfg)
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
     t_start = time.time()
     attacks = [a for a in spec["attacks"] if not cfg.only or a in cfg.only.split(",")]
     jobs = [(a, "unsafe") for a in attacks] + ([("finetune_unet", "novel")] if cfg.benign else [])
-    entries = attack_grid({"defended": defended, "base": reference, "scratch": None}, jobs, spec, cfg, reference,
-                          evaluator, device, out, grid_of="defended", benign_after=("defended",))  # the table's column
+    models = {"defended": defended, "base": reference, NEVER_LEARNED: never_learned, "scratch": None}
+    entries = attack_grid(models, jobs, spec, cfg, reference, evaluator, device, out, grid_of="defended",
+                          benign_after=("defended",))  # the tables' column
     seconds = round(time.time() - t_start, 1)
     write_json(out / "suite.json", {"suite": cfg.suite, "spec": {k: v for k, v in spec.items() if k != "grid"},
                                     "grid": spec["grid"], "attacks": attacks, "optimizers": cfg.optimizers or "all",
                                     "lrs": cfg.lrs or "all", "seeds": seeds, "seconds": seconds,
+                                    "never_learned": str(never_learned_folder(cfg.reference)),
                                     "run": run_record(cfg)})
     table = suite_report(entries, out, cfg.suite, cfg.model, seeds)
     print(table)
@@ -158,9 +209,10 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
     """Every (attack, task) of jobs against every model, each (optimizer, lr) of the suite's grid and seed.
 
     models: {label: pipeline}; the label "scratch" (value None) is the from-scratch reference, built per seed
-    and only for training attacks on unsafe data. Marks the strongest (optimizer, lr) of each attack, task,
-    model and seed "best": true; saves attacks.json after every run (a stopped run keeps what it measured),
-    and grids/<attack>.png of the best runs on model `grid_of`. Returns the entries.
+    and only for training attacks on unsafe data; the label "never_learned" faces the attacks of `faces` only.
+    Marks the strongest (optimizer, lr) of each attack, task, model and seed "best": true; saves attacks.json
+    after every run (a stopped run keeps what it measured), and grids/<attack>.png of the best runs on model
+    `grid_of`. Returns the entries.
     A run is named by `key`: the hashes of the weights it starts from (attacked_prints: after the swaps), its
     training step, optimizer, lr, seed and measuring settings. A key measured before is taken as it was instead
     of run again: in this call (the base's swap_decoder+finetune_unet is its finetune_unet) or, with `cache`, a
@@ -182,7 +234,8 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
         base = dict(steps=spec["steps"], checkpoints=spec["checkpoints"], n_images=spec["n_images"],
                     eval_repeats=spec.get("novel_repeats", spec["eval_repeats"]) if task == "novel"
                     else spec["eval_repeats"])
-        labels = [m for m in models if models[m] is not None or (train and task == "unsafe")]
+        labels = [m for m in models if (models[m] is not None or (train and task == "unsafe"))
+                  and faces(m, swaps, train, task)]
         grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
         measured = train or ("heldout_prompts" if attack == "heldout_prompts" else "no training")
         for label, seed, (opt, lr) in itertools.product(labels, seeds, grid):

@@ -215,21 +215,24 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     entries = attack.main(tiny(model=defended, suite="quick", batch=2, name="atk_suite"))
     out = Path("runs/atk_suite")
     saved = json.loads((out / "attacks.json").read_text())
-    # unet: 3 models x 2 lrs; swap: 2; swap+unet and swap+swap+unet: 3 x 2 each; novel: 2 x 2
-    assert len(saved) == len(entries) == 3 * 2 + 2 + 2 * 3 * 2 + 2 * 2
+    # unet: 4 models x 2 lrs; swap: 3; swap+unet and swap+swap+unet: 4 x 2 each; novel: 2 x 2 (the
+    # never-learned model faces the unsafe attacks only)
+    assert len(saved) == len(entries) == 4 * 2 + 3 + 2 * 4 * 2 + 2 * 2
     best = [e for e in saved if e["best"]]
     swapped = ("swap_decoder+finetune_unet", "swap_decoder+swap_text_encoder+finetune_unet")
     assert {(e["attack"], e["task"], e["model"]) for e in best} == {
-        (a, "unsafe", m) for a in ("finetune_unet", *swapped) for m in ("defended", "base", "scratch")} | {
-        ("swap_decoder", "unsafe", m) for m in ("defended", "base")} | {
+        (a, "unsafe", m) for a in ("finetune_unet", *swapped) for m in ("defended", "base", "never_learned",
+                                                                        "scratch")} | {
+        ("swap_decoder", "unsafe", m) for m in ("defended", "base", "never_learned")} | {
         ("finetune_unet", "novel", m) for m in ("defended", "base")}
-    # swapping the base's decoder into the base or the scratch reference changes nothing: those runs are the
-    # finetune_unet runs, reused; the defended model's decoder is its own, so its swap runs are new
+    # swapping the base's decoder into the base, the never-learned model (the base's decoder and text encoder)
+    # or the scratch reference changes nothing: those runs are the finetune_unet runs, reused; the defended
+    # model's decoder is its own, so its swap runs are new
     reused = {(e["attack"], e["model"]) for e in saved if e.get("reused")}
-    assert reused == {(a, m) for a in swapped for m in ("base", "scratch")}
+    assert reused == {(a, m) for a in swapped for m in ("base", "never_learned", "scratch")}
     curves = {(e["attack"], e["model"], e["lr"]): e["curve_faithful"] for e in saved if e["task"] == "unsafe"}
     assert all(curves[a, m, lr] == curves["finetune_unet", m, lr]
-               for a in swapped for m in ("base", "scratch") for lr in (1e-4, 1e-3))
+               for a in swapped for m in ("base", "never_learned", "scratch") for lr in (1e-4, 1e-3))
     # swapping both perturbed parts back makes the defended model the base: the same run as the base's
     # finetune_unet, but measured again, for the benign accuracy after it that the defended row shows
     again = [e for e in saved if (e["attack"], e["model"]) == (swapped[1], "defended")]
@@ -250,6 +253,7 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     assert "| finetune_unet |" in table and "| swap_decoder |" in table and "novel acc" in table
     assert "fUR defended" in table and "| UR defended" in table  # the faithful table, then the plain one
     assert "| attack | model | adam 0.0001 | sgd 0.001 |" in table  # and every pair tried (grid_table)
+    assert "Steps to fUR 0.5, worst case over the grid" in table  # and the never-learned ideal (ideal_table)
     (out / "attacks.md").unlink()  # evaluate.py --attacks rewrites the report from attacks.json alone
     evaluate.main(evaluate.EvalConfig(attacks=str(out)))
     assert (out / "attacks.md").read_text() == table
