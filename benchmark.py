@@ -157,7 +157,7 @@ def main(cfg: BenchConfig):
         else:
             ncfg = build(nft_train.NFTConfig, {
                 "model": cfg.model, "data.unsafe": str(folder_u), "data.benign": str(folder_b), "steps": cfg.steps,
-                "batch": cfg.batch, "inner_steps": cfg.inner_steps, "seed": cfg.seed, "moderator.kind": "off",
+                "unlearn_steps": 0, "batch": cfg.batch, "inner_steps": cfg.inner_steps, "seed": cfg.seed, "moderator.kind": "off",
                 "evaluate": False, "memory.simulated_copy": "deepcopy" if case == "nft_deepcopy" else "inplace",
                 "memory.gradient_checkpointing": case == "nft_inplace_gc"})
             seconds = nft_train.train_unet(pipe, base, ncfg, device, ckpt=None)  # (switches checkpointing on)

@@ -196,45 +196,8 @@ def cli(cls, main) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the option groups the defence's scripts share (nft_train.py, moderator.py)
+# the memory savers the defence's scripts share (nft_train.py, moderator.py)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-@dataclasses.dataclass
-class DataConfig:
-    """The defender's data: the pocket world by default, image folders for a real model."""
-    unsafe: str = option("", "defender's unsafe image folder with metadata.jsonl ('' = the pocket world)")
-    benign: str = option("", "defender's benign image folder with metadata.jsonl ('' = the pocket world)")
-    holdout: str = option("", "pocket benign shapes left out of the defender's benign data, comma-separated (e.g. "
-                          "ring): does the defence keep shapes it never saw?")
-    keep_holdout_prompts: bool = option(False, "with --data.holdout: leave out those shapes' images only; their "
-                                        "prompts stay in retention (a broad prompt list, a narrow image set)")
-    retain_prompts: str = option("", "a CSV of benign prompts ('prompt' column, e.g. COCO captions) for retention "
-                                 "instead of the benign data's captions: retention needs prompts, not images")
-
-    def __post_init__(self):
-        import data
-
-        if self.keep_holdout_prompts is True and not self.holdout:
-            raise ConfigError("--data.keep_holdout_prompts keeps the prompts of the shapes --data.holdout leaves "
-                              "out: give --data.holdout too (e.g. --data.holdout=ring)")
-        if self.keep_holdout_prompts is True and self.retain_prompts:
-            raise ConfigError("--data.keep_holdout_prompts and --data.retain_prompts both choose retention's "
-                              "prompts: give one")
-        if isinstance(self.retain_prompts, str) and self.retain_prompts:
-            try:  # read once now: a missing or empty file fails before any training
-                data.load_prompt_csv(self.retain_prompts)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"--data.retain_prompts: {e}") from None
-        if not isinstance(self.holdout, str) or not self.holdout:
-            return
-        if self.benign:
-            raise ConfigError("--data.holdout leaves shapes out of the pocket world's benign data; with "
-                              "--data.benign, leave those images out of the folder instead")
-        try:
-            data.defender_objects("benign", self.holdout)
-        except ValueError as e:
-            raise ConfigError(f"--data.holdout: {e}") from None
 
 
 @dataclasses.dataclass

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import DataConfig, MemoryConfig, cli, group, option, pick_device, pick_dtype, run_record, seed_everything
+from config import MemoryConfig, cli, group, option, pick_device, pick_dtype, run_record, seed_everything
+from data import DataConfig
 from pipeline import decode
 from perceptual import PERCEPTUALS
 

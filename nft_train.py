@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import (ConfigError, DataConfig, MemoryConfig, cli, group, option, pick_device, pick_dtype,
+from config import (ConfigError, MemoryConfig, cli, group, option, pick_device, pick_dtype,
                     run_record, seed_everything, write_json)
+from data import DataConfig
 from moderator import ModeratorConfig, apply_moderator, attacker_optimizer, retention_prompts
 
 # the simulated attacker: optimizers and learning rates sampled per outer step (over two decades, large included)
@@ -78,8 +79,7 @@ class NFTConfig:
 
 
 def set_aside(unet) -> list:
-    """--memory.simulated_copy=inplace: the defender's weights and gradient so far, copied to the CPU (no
-    autograd state); .grad is cleared so that the attacker can adapt `unet` itself."""
+    """--memory.simulated_copy=inplace: weights and gradient copied to the CPU, .grad cleared for the attacker."""
     saved = [(p.detach().to("cpu", copy=True), p.grad.to("cpu", copy=True)) for p in unet.parameters()]
     for p in unet.parameters():
         p.grad = None

@@ -97,7 +97,7 @@ def cwd(real, tmp_path, monkeypatch):
 def tiny_nft(real, options: dict | None = None, **kw):
     """A 1-step NFTConfig on the tiny real folder; grouped options go in `options`, e.g. {"memory.grad_accum": 2}."""
     base = {"model": str(real / "sd"), "data.unsafe": str(real / "unsafe"), "data.benign": str(real / "benign"),
-            "steps": 1, "batch": 2, "inner_steps": 1, "checkpoint_every": 1, "moderator.kind": "off",
+            "steps": 1, "unlearn_steps": 0, "batch": 2, "inner_steps": 1, "checkpoint_every": 1, "moderator.kind": "off",
             "moderator.steps": 1, "moderator.batch": 2, "moderator.n_generated": 2, "evaluate": False}
     return build(nft_train.NFTConfig, base | kw | (options or {}))
 

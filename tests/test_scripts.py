@@ -178,7 +178,7 @@ def test_moderator_trains_only_its_part(world, which, harden):
 
 def tiny_nft(options: dict | None = None, **kw):
     """A 2-step NFTConfig; grouped options go in `options`, e.g. {"moderator.kind": "both"}."""
-    base = dict(steps=2, batch=4, inner_steps=1, n_images=32, checkpoint_every=1, evaluate=False)
+    base = dict(steps=2, unlearn_steps=0, batch=4, inner_steps=1, n_images=32, checkpoint_every=1, evaluate=False)
     return build(nft_train.NFTConfig, base | {"moderator.kind": "off", "moderator.steps": 2} | kw | (options or {}))
 
 
