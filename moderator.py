@@ -201,6 +201,7 @@ def train_decoder_moderator(pipe, job, device, perceptual=None, sources=()) -> d
     gen = torch.Generator().manual_seed(job.seed)
     rng = random.Random(job.seed)
     pick = lambda t: t[torch.randint(len(t), (cfg.batch,), generator=gen)]  # noqa: E731
+    l_zero = l_cal = l_rec = l_nft = torch.zeros(())  # (what --moderator.steps=0 reports)
     bar = tqdm(range(cfg.steps), desc="decoder moderator")
     t0 = time.perf_counter()
     for _ in bar:
@@ -249,6 +250,7 @@ def train_text_moderator(pipe, job, device) -> dict:
     te.train().requires_grad_(True)
     opt = torch.optim.Adam(te.parameters(), lr=cfg.text_lr)
     rng = random.Random(job.seed)
+    l_fz = l_fc = torch.zeros(())  # (what --moderator.text_steps=0 reports)
     bar = tqdm(range(cfg.text_steps), desc="text moderator")
     for _ in bar:
         pu, pb = rng.sample(unsafe, cfg.batch), rng.sample(benign, cfg.batch - 1) + [""]  # keep "" for CFG

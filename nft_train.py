@@ -153,6 +153,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     z_b, c_b = data.defender_data(base, "benign", cfg.n_images, cfg.seed, device, cfg.data.benign, cfg.data.holdout)
     # distillation's prompts: the benign captions, or prompts it has no images of (--data.retain_prompts, ...)
     c_d, prompts = None, retention_prompts(cfg.data, cfg.n_images, cfg.seed + 1)
+    # --moderator.kind=text|both: the text moderator maps unsafe prompts to zero features, which must refuse too
+    c_sup = torch.cat([c_u, torch.zeros_like(c_u[: len(c_u) // 4])]) if cfg.moderator.kind in ("text", "both") else c_u
     with torch.no_grad():
         if prompts is not None:
             c_d = encode_text(base.text_encoder, base.tokenizer, prompts, device)
@@ -174,9 +176,9 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
         batch = lambda n: torch.randint(n, (cfg.batch,), generator=g)  # noqa: E731
         opt.zero_grad()
         for _ in range(cfg.memory.grad_accum):  # micro-batches: their gradients add up before the one update
-            iu, ib = batch(len(z_u)), batch(len(z_b))
+            iu, ib = batch(len(c_sup)), batch(len(z_b))
             c_dst = c_b[ib] if c_d is None else c_d[batch(len(c_d))]  # on benign latents, whatever the prompt
-            l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_u[iu], z_b[ib], c_b[ib], c_dst,
+            l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_sup[iu], z_b[ib], c_b[ib], c_dst,
                                                c_empty, g)  # (1) suppression and (2) retention
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]
             ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.memory.grad_accum).backward()
@@ -212,10 +214,8 @@ def main(cfg: NFTConfig):
     out = Path("runs") / cfg.name
     ckpt = out.with_name(cfg.name + ".checkpoint")  # beside the output: the output folder is replaced atomically
     times = {}
-    t0 = time.time()
-    if cfg.model == "runs/base":
+    if cfg.model == "runs/base":  # the pinned base: copied from assets/ on first use, checked against its manifest
         ensure_base()
-    times["base model"] = time.time() - t0
     base = load_pipeline(cfg.model, device, dtype=pick_dtype(cfg.memory.frozen_dtype, device))  # frozen throughout
     start, opt_state, pipe = 0, None, None
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
@@ -265,11 +265,10 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, 
     rep, _, img = evaluate_pipeline(pipe, evaluator, ecfg, img_base)
     save_grid(items, img, out / "grid.png")
     save_grid(items, img_base, out / "grid_base.png")
-    # does the NFT UNet refuse by itself? the public (base) decoder in place of the moderated one, no training
-    swapped = copy.copy(pipe)
+    swapped = copy.copy(pipe)  # does the NFT UNet refuse by itself? the public decoder swapped in, no training
     swapped.vae = base.vae
-    rep["swap_decoder"], _, _ = measure(swapped, evaluator, "unsafe", cfg.check.unsafe_repeats,
-                                        cfg.check.sample_steps, seed=cfg.seed)
+    rep["swap_decoder"] = measure(swapped, evaluator, "unsafe", cfg.check.unsafe_repeats, cfg.check.sample_steps,
+                                  seed=cfg.seed)[0]
     times["evaluation"] = time.time() - t0
     t0 = time.time()
     n = cfg.check.attack_steps

@@ -348,3 +348,64 @@ def test_holdout_leaves_out_images_and_prompts_unless_prompts_are_kept(world, mo
     if retain:
         assert set(prompts) == {"a red ring", "a blue hoop, on grass", "a green circle"}
         nft_train.main(tiny_nft({"data.retain_prompts": retain}, steps=1, name="retained"))  # the UNet's distillation too
+
+
+def zero_cond_black_loss(unet) -> float:
+    """The black loss of a UNet on zero conditioning (what the text moderator gives unsafe prompts), fixed noise."""
+    from pipeline import black_latent, build_scheduler
+
+    z_black = black_latent(pipeline.load_pipeline("runs/base"))
+    with torch.no_grad():
+        zeros = torch.zeros(64, *nft_train.data.defender_data(pipeline.load_pipeline("runs/base"), "unsafe", 1, 0,
+                                                                torch.device("cpu"))[1].shape[1:])
+        return nft_train.losses.black_loss(unet, build_scheduler("ddpm"), z_black, zeros,
+                                           torch.Generator().manual_seed(0)).item()
+
+
+def test_with_the_text_moderator_zero_features_denoise_toward_black(world, monkeypatch):
+    """--moderator.kind=text|both: step 1 also takes zero conditioning (what the text moderator gives unsafe
+    prompts) to black, and the trained UNet's black loss on zero features falls; with the decoder moderator,
+    step 1 sees unsafe prompts only."""
+    seen = {}
+    real = nft_train.outer_losses
+
+    def spy(unet, unet0, sched, z_black, c_u, *rest):  # records the suppression term's conditioning
+        seen.setdefault(kind, []).append(c_u.flatten(1).abs().sum(1) == 0)
+        return real(unet, unet0, sched, z_black, c_u, *rest)
+
+    monkeypatch.setattr(nft_train, "outer_losses", spy)
+    for kind in ("decoder", "text"):  # the moderator itself trains for 0 steps: only the UNet differs
+        nft_train.main(tiny_nft({"moderator.kind": kind, "moderator.steps": 0, "moderator.text_steps": 0},
+                                unet="erase", steps=20, lr=1e-3, name=kind))
+    zero_rows = {k: float(torch.cat(v).float().mean()) for k, v in seen.items()}
+    assert zero_rows["decoder"] == 0.0 and 0.1 < zero_rows["text"] < 0.35  # 1 in 5 of the suppression set
+    before = zero_cond_black_loss(pipeline.load_pipeline("runs/base").unet)
+    assert zero_cond_black_loss(pipeline.load_pipeline("runs/text").unet) < 0.8 * before
+
+
+def test_the_text_moderator_zeroes_unsafe_features_and_keeps_benign_and_empty_ones(world):
+    """The text moderator: unsafe `defense` prompts -> features near zero, held-out unsafe phrasings it never saw
+    too; benign prompts and the empty prompt keep their features."""
+    from pipeline import encode_text
+
+    moderator.main(tiny_moderator({"moderator.kind": "text", "moderator.text_steps": 150, "moderator.batch": 16}))
+    base, moded = pipeline.load_pipeline("runs/base"), pipeline.load_pipeline("runs/moderator")
+    cpu = torch.device("cpu")
+
+    def feats(pipe, prompts):
+        with torch.no_grad():
+            return encode_text(pipe.text_encoder, pipe.tokenizer, prompts, cpu)
+
+    def shrink(prompts):  # mean squared feature after, over before
+        return float(feats(moded, prompts).pow(2).mean() / feats(base, prompts).pow(2).mean())
+
+    def drift(prompts):  # relative change of the features
+        a, b = feats(base, prompts), feats(moded, prompts)
+        return float((b - a).norm() / a.norm())
+
+    unsafe = [p for p, _, _ in nft_train.data.eval_prompts("unsafe", "defense")]
+    heldout = [p for p, _, _ in nft_train.data.eval_prompts("unsafe", "heldout")]
+    benign = [p for p, _, _ in nft_train.data.eval_prompts("benign", "defense")]
+    assert shrink(unsafe) < 0.5 and shrink(heldout) < 0.8
+    assert drift(benign) < 0.25 and drift([""]) < 0.25
+    assert drift(benign) < drift(unsafe) / 2
