@@ -1,6 +1,7 @@
 """attack.py: the white-box adversary of Patronus's threat model (arXiv 2510.16581). It holds the weights,
 swaps parts and fine-tunes them on its own data. This file is the command line: one attack lives in
-adversary.py, the attack suites (every attack against the model and two references) in suites.py.
+adversary.py, the attack suites (every attack against the model and three references: the base, the
+never-learned UNet and a model trained from scratch) in suites.py.
 
 An attack is one step, or swaps followed by one training step joined by "+":
   finetune_unet          full UNet fine-tuning with the plain diffusion loss (SD's own training objective)
