@@ -91,26 +91,18 @@ def _default(cls, key: str):
     return obj
 
 
-def _build(cls, values: dict, prefix: str = ""):
-    """cls with `values` ({"name" or "group.name": value}) applied over its defaults, groups included."""
+def _build(cls, values: dict):
+    """cls with `values` ({"name" or "group.name": value}) applied over its defaults, a group's over the defaults
+    its parent gives it (groups hold plain options, one level deep)."""
     kw = {}
     for f in dataclasses.fields(cls):
-        key = prefix + f.name
         if f.metadata.get("group"):
-            inner = {k: v for k, v in values.items() if k.startswith(key + ".")}
-            if inner:  # the group's defaults (which the parent may set) with these options over them
-                sub = {k[len(key) + 1 :]: v for k, v in inner.items()}
-                kw[f.name] = dataclasses.replace(f.default_factory(), **_split(_field_type(cls, f), sub))
-        elif key in values:
-            kw[f.name] = values[key]
+            inner = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f.name + ".")}
+            if inner:
+                kw[f.name] = dataclasses.replace(f.default_factory(), **inner)
+        elif f.name in values:
+            kw[f.name] = values[f.name]
     return cls(**kw)
-
-
-def _split(cls, values: dict) -> dict:
-    """{"a": 1, "g.b": 2} -> {"a": 1, "g": <g's default with b=2>}: keyword arguments for dataclasses.replace."""
-    built = _build(cls, values)
-    names = {k.split(".")[0] for k in values}
-    return {n: getattr(built, n) for n in names}
 
 
 def build(cls, values: dict):
