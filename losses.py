@@ -98,7 +98,7 @@ STEP3_LOSSES = {"black": step3_black, "ascent": step3_ascent}
 def distillation_loss(unet, unet0, scheduler, x0, cond, generator=None):
     """L_dst: the defended UNet's prediction matches the frozen base UNet's at the same noisy input.
 
-    unet0 may run in half precision (nft_train --frozen_dtype): its inputs are cast to its dtype, its
+    unet0 may run in half precision (nft_train --memory.frozen_dtype): its inputs are cast to its dtype, its
     prediction back to float32."""
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)

@@ -133,7 +133,7 @@ def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
     cond = torch.cat([c_u, c_b, c_dst, c_empty[:1].expand(b, -1, -1)])  # (4B, T, D)
     x_t, t, target = losses.noised(sched, x0, g)
     pred = unet(x_t, t, encoder_hidden_states=cond).sample.float().split(b)
-    with torch.no_grad():  # unet0 may run in half precision (--frozen_dtype)
+    with torch.no_grad():  # unet0 may run in half precision (--memory.frozen_dtype)
         ref = unet0(x_t[2 * b :].to(unet0.dtype), t[2 * b :],
                     encoder_hidden_states=cond[2 * b :].to(unet0.dtype)).sample.float().split(b)
     target = target.float().split(b)

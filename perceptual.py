@@ -1,13 +1,13 @@
 """perceptual.py: the frozen networks behind the perceptual term of the zero loss (losses.zero_loss).
 
 The decoder moderator pushes decoded unsafe images toward the all-black image both in pixels and in the
-features P(x) of a frozen network. Patronus uses VGG-19 relu3_4. Three choices (`--perceptual` in
-moderator.py and nft_train.py):
+features P(x) of a frozen network. Patronus uses VGG-19 relu3_4. Three choices (`--moderator.perceptual`
+in moderator.py and nft_train.py):
   clip   the pocket CLIP's vision tower (runs/clip), the pocket world's default (losses.perceptual_features)
   vae    intermediate features of the pipeline's own frozen VAE *encoder* (its first two down blocks): needs
          no download, works for any SD v1.x pipeline, and is what real models use unless VGG-19 is given
   vgg19  VGG-19 relu3_4, the paper's choice, from a torchvision-format state dict file the user provides
-         (`--vgg19=vgg19.pth`, e.g. torchvision's vgg19-dcbb9e9d.pth); VGG-19's `features` layers are written
+         (`--moderator.vgg19=vgg19.pth`, e.g. torchvision's vgg19-dcbb9e9d.pth); VGG-19's `features` layers are written
          out here in plain torch, so torchvision itself is not needed (it does not install beside this torch)
 
 Every network here is frozen and maps images (B, 3, H, W) in [0, 1] to a feature tensor. Never the
@@ -62,7 +62,7 @@ def load_vgg19(path) -> VGG19Features:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--vgg19={path}: no such file. Give a torchvision-format VGG-19 state dict, "
+        raise FileNotFoundError(f"--moderator.vgg19={path}: no such file. Give a torchvision-format VGG-19 state dict, "
                                 "e.g. torchvision's vgg19-dcbb9e9d.pth downloaded on a machine that is online")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -111,7 +111,8 @@ def resolve(kind: str, vgg19: str, pocket: bool) -> str:
     if kind == "auto":
         return "vgg19" if vgg19 else ("clip" if pocket else "vae")
     if kind == "vgg19" and not vgg19:
-        raise ValueError("--perceptual=vgg19 needs --vgg19=<torchvision-format VGG-19 state dict file>")
+        raise ValueError("--moderator.perceptual=vgg19 needs --moderator.vgg19=<a torchvision-format VGG-19 state "
+                         "dict file>")
     return kind
 
 

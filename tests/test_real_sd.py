@@ -220,7 +220,7 @@ def test_perceptual_networks(tmp_path, real):
     assert perceptual.resolve("auto", "", pocket=True) == "clip"
     assert perceptual.resolve("auto", "", pocket=False) == "vae"
     assert perceptual.resolve("auto", "v.pth", pocket=True) == "vgg19"
-    with pytest.raises(ValueError, match="needs --vgg19"):
+    with pytest.raises(ValueError, match="needs --moderator.vgg19"):
         perceptual.resolve("vgg19", "", pocket=False)
     mod = dict(vgg19=str(tmp_path / "vgg19.pth"), steps=1, batch=2, n_generated=0, kind="both", harden=True,
                inner_steps=1, text_steps=1)
