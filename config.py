@@ -76,16 +76,17 @@ def _convert(cls, f, key: str, text: str):
 
 def help_text(cls) -> str:
     lines = [f"options of {cls.__name__} (use --key=value):"]
+    defaults = cls()
     for key, (owner, f) in _options(cls).items():
         ch = f.metadata.get("choices")
         extra = f" choices: {', '.join(map(str, ch))}" if ch else ""
-        default = _default(cls, key)
+        default = _default(defaults, key)
         lines.append(f"  --{key}={default!r:<14} {f.metadata.get('help', '')}{extra}")
     return "\n".join(lines)
 
 
-def _default(cls, key: str):
-    obj = cls()
+def _default(obj, key: str):
+    """The value of option `key` ("name" or "group.name") in a config."""
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj

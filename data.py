@@ -186,7 +186,8 @@ def defender_objects(kind: str, holdout: str = "") -> list[str]:
 
 
 def defender_data(pipe, kind: str, n: int, seed: int, device, folder: str = "", holdout: str = ""):
-    """The defender's data of one kind, encoded as the UNet sees it: latents (N, 4, h, w) and caption features (N, T, D), float32.
+    """The defender's data of one kind, encoded as the UNet sees it: latents (N, 4, h, w) and caption features
+    (N, T, D), float32.
 
     folder '': n pocket scenes with `defense` phrasings (latents (N, 4, 8, 8)), less the `holdout` benign
     shapes; else every image of the folder at the pipeline's resolution, with its caption from metadata.jsonl.

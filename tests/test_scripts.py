@@ -195,7 +195,7 @@ def test_one_outer_step_changes_the_unet_and_nothing_else(world):
 def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
     """Step 3 (first-order MAML): the attacker adapts a copy; the defender's own weights only gain a gradient,
     the gradient of step 3's loss at the adapted weights."""
-    from pipeline import build_scheduler, encode_images
+    from pipeline import black_latent, build_scheduler
 
     base = pipeline.load_pipeline("runs/base")
     unet = pipeline.load_pipeline("runs/base").unet.train().requires_grad_(True)
@@ -203,8 +203,7 @@ def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
         p.grad = torch.zeros_like(p)
     before = state(unet)
     z_u, c_u = data.defender_data(base, "unsafe", 8, 0, torch.device("cpu"))
-    with torch.no_grad():
-        z_black = encode_images(base.vae, -torch.ones(1, 3, 32, 32))
+    z_black = black_latent(base)
     g = torch.Generator().manual_seed(0)
     draw = lambda n: torch.randint(n, (4,), generator=g)  # noqa: E731
     loss = nft_train.simulated_fine_tuning(unet, build_scheduler("ddpm"), z_u, c_u, z_black, ("adam", 1e-3), draw,
@@ -354,10 +353,10 @@ def zero_cond_black_loss(unet) -> float:
     """The black loss of a UNet on zero conditioning (what the text moderator gives unsafe prompts), fixed noise."""
     from pipeline import black_latent, build_scheduler
 
-    z_black = black_latent(pipeline.load_pipeline("runs/base"))
+    base = pipeline.load_pipeline("runs/base")
+    z_black = black_latent(base)
     with torch.no_grad():
-        zeros = torch.zeros(64, *nft_train.data.defender_data(pipeline.load_pipeline("runs/base"), "unsafe", 1, 0,
-                                                                torch.device("cpu"))[1].shape[1:])
+        zeros = torch.zeros(64, *data.defender_data(base, "unsafe", 1, 0, torch.device("cpu"))[1].shape[1:])
         return nft_train.losses.black_loss(unet, build_scheduler("ddpm"), z_black, zeros,
                                            torch.Generator().manual_seed(0)).item()
 
