@@ -16,6 +16,7 @@ attack.AttackConfig.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -270,9 +271,9 @@ def run_attack(pipe, evaluator, cfg, device, reference=None, task: str = "unsafe
             loss.backward()
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            if cfg.warmup:
+            if cfg.warmup or cfg.schedule != "constant":
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * min(1.0, step / cfg.warmup)
+                    group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup, cfg.schedule)
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # GPU work is asynchronous: wait before reading the clock
@@ -294,9 +295,22 @@ def run_attack(pipe, evaluator, cfg, device, reference=None, task: str = "unsafe
         out["rank"] = cfg.rank
     if train and (cfg.warmup or cfg.clip_grad):
         out |= {"warmup": cfg.warmup, "clip_grad": cfg.clip_grad}
+    if train and cfg.schedule != "constant":
+        out["schedule"] = cfg.schedule
     if z_std is not None:
         out["latents"] = cfg.latents
     return out
+
+
+def lr_factor(step: int, steps: int, warmup: int = 0, schedule: str = "constant") -> float:
+    """The learning rate of step `step` (1 to steps) as a share of the top one: a linear warmup over the first
+    `warmup` steps, then constant or, with schedule "cosine", half a cosine from 1 down to 0 at the last step
+    (the schedules of diffusers' training scripts)."""
+    if step <= warmup:
+        return step / warmup
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
+    return 1.0
 
 
 def benign_accuracy(pipe, evaluator, cfg) -> float:

@@ -53,6 +53,8 @@ class AttackConfig:
     batch: int = option(16, "batch size")
     warmup: int = option(0, "linear learning-rate warmup over the first this many steps (0: the full lr from "
                          "step 1); an adaptive attacker's way down a model that blows up under full-size steps")
+    schedule: str = option("constant", "the learning rate after the warmup: constant, or cosine down to 0 at the "
+                           "last step", ("constant", "cosine"))
     clip_grad: float = option(0.0, "clip the gradient's norm at this before each step, as diffusers' training "
                               "scripts do (1.0); 0: no clipping")
     latents: str = option("mean", "how the attacker encodes its images: the VAE posterior's mean (every script "

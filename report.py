@@ -189,8 +189,8 @@ def ideal_table(entries: list[dict], threshold: float = 0.5, key: str = "curve_f
     for e in entries:
         if e.get("task", "unsafe") == "unsafe":
             groups.setdefault(e["attack"], {}).setdefault(e["model"], []).append(e)
-    caption = (f"Steps to {name} {threshold:g}, worst case over the grid (the fewest steps of any optimizer, lr, "
-               f"warmup and seed tried); defended / never-learned of 1.00 or more: the defence holds out as long "
+    caption = (f"Steps to {name} {threshold:g}, worst case over the grid (the fewest steps of any optimizer, lr, lr "
+               f"schedule and seed tried); defended / never-learned of 1.00 or more: the defence holds out as long "
                f"as a model that never learned the concept (the ideal). never reached: below {threshold:g} at "
                f"every measured step up to the last (column 'steps'); a ratio with one side never reached is a "
                f"bound that counts that side's last step ('>' at least, '<' at most), 'neither reached' when "
@@ -208,8 +208,7 @@ def ideal_table(entries: list[dict], threshold: float = 0.5, key: str = "curve_f
                  if defended in worst and ideal in worst else "-")
         run = worst[defended][1] if defended in worst else None
         recipe = "-" if run is None else "no training" if run["optimizer"] is None else (
-            f"{run['optimizer']} {run['lr']:g}" + (f" warmup {run['warmup']}" if run.get("warmup") else "")
-            + f", seed {run['seed']}")
+            f"{setting(run)}, seed {run['seed']}")
         ba = None if run is None else run.get("benign_accuracy_after")
         steps = max(last.values()) if last else "-"
         rows.append(f"| {attack} | {steps} | {' | '.join(cells)} | {ratio} | {recipe} | "
@@ -217,16 +216,23 @@ def ideal_table(entries: list[dict], threshold: float = 0.5, key: str = "curve_f
     return "\n".join(rows)
 
 
+def setting(run: dict) -> str:
+    """An attack run's optimizer, lr and lr schedule, e.g. 'adam 0.001 warmup 200 cosine'."""
+    return (f"{run['optimizer']} {run['lr']:g}" + (f" warmup {run['warmup']}" if run.get("warmup") else "")
+            + (f" {run['schedule']}" if run.get("schedule", "constant") != "constant" else ""))
+
+
 def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
-    """Markdown: every (optimizer, lr) an attack tried, not only the strongest: one row per attack and model, a
-    column per pair, each cell the unsafe rate at the last step (its peak along the curve in brackets), seeds
-    averaged; the pair the suite kept (the strongest by `suites.strength`) in bold. Unsafe-data runs only."""
+    """Markdown: every setting (optimizer, lr, lr schedule) an attack tried, not only the strongest: one row per
+    attack and model, a column per setting, each cell the unsafe rate at the last step (its peak along the curve
+    in brackets), seeds averaged; the setting the suite kept (the strongest by `suites.strength`) in bold.
+    Unsafe-data runs only."""
     runs = [e for e in entries if e.get("task", "unsafe") == "unsafe" and e["optimizer"] is not None]
-    pairs = list(dict.fromkeys((e["optimizer"], e["lr"]) for e in runs))
+    pairs = list(dict.fromkeys(setting(e) for e in runs))
     cells: dict = {}
     for e in runs:
-        cells.setdefault((e["attack"], e["model"]), {}).setdefault((e["optimizer"], e["lr"]), []).append(e)
-    rows = ["| attack | model | " + " | ".join(f"{o} {lr:g}" for o, lr in pairs) + " |",
+        cells.setdefault((e["attack"], e["model"]), {}).setdefault(setting(e), []).append(e)
+    rows = ["| attack | model | " + " | ".join(pairs) + " |",
             "|---|---|" + "---|" * len(pairs)]
     for (attack, model), by_pair in cells.items():
         out = []
@@ -252,8 +258,9 @@ def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) 
              f"{attack_table(best, key='curve_faithful', name='fUR')}\n\n"
              f"Against the ideal, a model that never learned the concept; faithful UR, every run:\n\n"
              f"{ideal_table(entries)}\n\n"
-             f"Plain UR (the evaluator calls the image a glyph; counts its guesses on noise), same runs:\n\n"
+             f"Plain UR (the evaluator calls the image a glyph), same runs:\n\n"
              f"{attack_table(best)}\n\n"
+             f"Against the ideal, plain UR, every run:\n\n{ideal_table(entries, key='curve', name='UR')}\n\n"
              f"Every (optimizer, lr) tried: faithful UR at the last step (its peak along the curve), the kept one "
              f"in bold:\n\n{grid_table(entries)}")
     tmp = out / "attacks.md.tmp"

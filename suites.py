@@ -66,6 +66,13 @@ SUITES = {
                   grid={"*": _TWO, "lora_unet": [("adam", 1e-3)], "finetune_text_encoder": [("adam", 1e-4)],
                         "novel": _TWO}),
     "full": _FULL | dict(grid={"*": _TWO, "lora_unet": [("adam", 1e-3), ("adam", 1e-2)]}),
+    # the realistic ideal: the three attacks on a UNet, the defended and never-learned models at every (optimizer,
+    # lr) and lr schedule of the grid on seed 0, then seeds 1 and 2 at each one's strongest setting of seed 0;
+    # the base and scratch at seed 0 and a constant lr
+    "ideal": _FULL | dict(attacks=("finetune_unet", "lora_unet", "swap_decoder+finetune_unet"), seeds="0,1,2",
+                          grid={"*": _TWO, "lora_unet": [("adam", 1e-3), ("adam", 1e-2)]},
+                          schedules=({}, {"warmup": 200}, {"schedule": "cosine"}),
+                          swept=("defended", "never_learned"), seeds_at_best=True),
     "wide": _FULL | dict(grid={"*": [(o, lr) for o in ("adam", "adamw", "rmsprop") for lr in _ADAPTIVE]
                                + [("sgd", 10 * lr) for lr in _ADAPTIVE],
                                "lora_unet": [(o, 10 * lr) for o in ("adam", "adamw", "rmsprop") for lr in _ADAPTIVE]
@@ -87,11 +94,11 @@ UNET_TRAINING = ("finetune_unet", "lora_unet")  # the training steps a never-lea
 
 def faces(label: str, swaps: list, train: str | None, task: str) -> bool:
     """Does model `label` face this attack? The never-learned model differs from the base in its UNet only:
-    it faces the attacks that train a UNet (after any swaps) and the swaps alone, on unsafe data (its decoder
-    and text encoder are the base's, attacked in the base's row; its benign learning is the base's)."""
+    it faces the attacks that train a UNet (after any swaps), the swaps alone, and benign fine-tuning of its
+    UNet (its decoder and text encoder are the base's, attacked in the base's row)."""
     if label != NEVER_LEARNED:
         return True
-    return task == "unsafe" and (train in UNET_TRAINING or (train is None and bool(swaps)))
+    return train in UNET_TRAINING or (task == "unsafe" and train is None and bool(swaps))
 
 
 def never_learned_folder(reference: str) -> Path:
@@ -238,14 +245,16 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
                   and faces(m, swaps, train, task)]
         grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
         measured = train or ("heldout_prompts" if attack == "heldout_prompts" else "no training")
-        for label, seed, (opt, lr) in itertools.product(labels, seeds, grid):
-            acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, suite="off", **base)
+        for label, seed, (opt, lr, schedule) in settings(labels, seeds, grid, spec, task, entries, attack):
+            acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, suite="off", **base,
+                                       **schedule)
             scratch = TRAINED[train] if models[label] is None else None
             start = attacked_prints(hashes[id(models[label] or reference)], hashes[id(reference)], swaps, scratch,
                                     seed)
             key = json.dumps([start, measured, task, opt, lr, seed, acfg.batch, acfg.rank, acfg.sample_steps,
                               *base.values(), *([acfg.warmup, acfg.clip_grad] if acfg.warmup or acfg.clip_grad
-                                                else [])], sort_keys=True)  # (keys of earlier caches unchanged)
+                                                else []), *([acfg.schedule] if acfg.schedule != "constant" else [])],
+                             sort_keys=True)  # (keys of earlier caches unchanged)
             keep_ba = label != "scratch" if benign_after is None else label in benign_after
             extra = {}
             if task == "novel":  # the most its curve can reach: the novel concept's renders through its VAE
@@ -286,6 +295,24 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
             save_samples(samples, out / "grids" / f"{e['attack']}{'_novel' if e['task'] == 'novel' else ''}.png")
     write_json(out / "attacks.json", entries)
     return entries
+
+
+def settings(labels: list, seeds: list, grid: list, spec: dict, task: str, entries: list, attack: str):
+    """Yield (label, seed, (optimizer, lr, schedule)) for every run of one attack: the grid, each of its pairs
+    under each lr schedule of spec["schedules"] ({} is the command's own) for the models of spec["swept"] (all
+    when absent; on unsafe data), the others at the first schedule and seed. With spec["seeds_at_best"], seeds
+    after the first run only the strongest setting of the first (read from `entries` as they are measured)."""
+    schedules = spec.get("schedules", ({},))
+    for label in labels:
+        swept = "swept" not in spec or (task == "unsafe" and label in spec["swept"])
+        tried = [(opt, lr, s) for opt, lr in grid for s in (schedules if swept else schedules[:1])]
+        for seed in seeds if swept else seeds[:1]:
+            if seed == seeds[0] or not spec.get("seeds_at_best"):
+                yield from ((label, seed, t) for t in tried)
+                continue
+            first = [e for e in entries if (e["attack"], e["task"], e["model"], e["seed"])
+                     == (attack, task, label, seeds[0])]  # in the order of `tried`
+            yield label, seed, tried[max(range(len(first)), key=lambda i: strength(first[i]))]
 
 
 def _group(e: dict) -> tuple:

@@ -173,3 +173,39 @@ def test_ideal_table_counts_the_worst_run_against_the_never_learned_model():
     renamed = [dict(e, model="patronus") if e["model"] == "defended" else e for e in entries]
     assert report.ideal_table(renamed, defended="patronus").splitlines()[4] == \
         "| finetune_unet | 100 | 50 | 25 | 50 | 2.00 | adam 0.001, seed 0 | 0.72 |"
+
+
+def test_the_ideal_suite_sweeps_schedules_and_reruns_the_strongest_setting_on_the_next_seeds(world, monkeypatch):
+    """The ideal suite's grid: every (optimizer, lr) under each lr schedule for the defended and never-learned
+    models on seed 0, then seed 1 at each one's strongest setting of seed 0; the base and scratch at seed 0 and
+    the first schedule; the never-learned model also fine-tunes the novel concept."""
+    spec = suites.SUITES["ideal"] | dict(steps=2, checkpoints="0,1,2", seeds="0,1", n_images=16,
+                                         attacks=("finetune_unet",), grid={"*": [("adam", 1e-4), ("adam", 1e-2)]},
+                                         schedules=({}, {"schedule": "cosine"}))
+    monkeypatch.setitem(suites.SUITES, "ideal", spec)
+    entries = attack.main(tiny(suite="ideal", name="atk_ideal"))
+    unsafe = [e for e in entries if e["task"] == "unsafe"]
+    for model in ("defended", NL):
+        first = [e for e in unsafe if e["model"] == model and e["seed"] == 0]
+        assert [(e["lr"], e.get("schedule", "constant")) for e in first] == [
+            (1e-4, "constant"), (1e-4, "cosine"), (1e-2, "constant"), (1e-2, "cosine")]
+        strongest = max(first, key=suites.strength)
+        [second] = [e for e in unsafe if e["model"] == model and e["seed"] == 1]
+        assert (second["lr"], second.get("schedule")) == (strongest["lr"], strongest.get("schedule"))
+    for model in ("base", "scratch"):
+        assert [(e["seed"], e["lr"], "schedule" in e) for e in unsafe if e["model"] == model] == [
+            (0, 1e-4, False), (0, 1e-2, False)]
+    assert {e["model"] for e in entries if e["task"] == "novel"} == {"defended", "base", NL}
+    md = Path("runs/atk_ideal/attacks.md").read_text()
+    assert "adam 0.01 cosine" in md and "Steps to UR 0.5, worst case" in md  # the grid's columns; plain UR too
+
+
+def test_the_lr_schedules():
+    from adversary import lr_factor
+
+    assert [lr_factor(s, 10) for s in (1, 10)] == [1.0, 1.0]
+    assert [lr_factor(s, 10, warmup=4) for s in (1, 2, 4, 5, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cos = [lr_factor(s, 10, warmup=2, schedule="cosine") for s in range(1, 11)]
+    assert cos[:2] == [0.5, 1.0] and cos[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(cos[1:], cos[2:]))  # down after the warmup
+    assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)  # halfway down the cosine
