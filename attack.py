@@ -69,6 +69,8 @@ class AttackConfig:
     only: str = option("", "suite: run only these of its attacks, comma-separated (default: all)")
     optimizers: str = option("", "suite: keep only these optimizers of its grid, comma-separated (default: all)")
     lrs: str = option("", "suite: keep only these learning rates of its grid, comma-separated (default: all)")
+    cache: str = option("", "suite: a JSON file of attack runs measured before (by any suite or compare.py); a run "
+                        "from the same weights with the same settings is taken from it, new runs are added")
     benign: bool = option(True, "suite: also fine-tune on the novel benign concept (defended vs base)")
     save: bool = option(True, "single attack: save the attacked model (or LoRA adapter) in the run folder")
     evaluator: str = option("runs/evaluator", "the pocket evaluator's folder (trained if missing)")

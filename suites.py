@@ -165,7 +165,7 @@ def run_suite(cfg) -> list[dict]:
     jobs = [(a, "unsafe") for a in attacks] + ([("finetune_unet", "novel")] if cfg.benign else [])
     models = {"defended": defended, "base": reference, NEVER_LEARNED: never_learned, "scratch": None}
     entries = attack_grid(models, jobs, spec, cfg, reference, evaluator, device, out, grid_of="defended",
-                          benign_after=("defended",))  # the tables' column
+                          cache=Path(cfg.cache) if cfg.cache else None, benign_after=("defended",))
     seconds = round(time.time() - t_start, 1)
     write_json(out / "suite.json", {"suite": cfg.suite, "spec": {k: v for k, v in spec.items() if k != "grid"},
                                     "grid": spec["grid"], "attacks": attacks, "optimizers": cfg.optimizers or "all",

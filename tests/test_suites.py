@@ -183,7 +183,7 @@ def test_the_ideal_suite_sweeps_schedules_and_reruns_the_strongest_setting_on_th
                                          attacks=("finetune_unet",), grid={"*": [("adam", 1e-4), ("adam", 1e-2)]},
                                          schedules=({}, {"schedule": "cosine"}))
     monkeypatch.setitem(suites.SUITES, "ideal", spec)
-    entries = attack.main(tiny(suite="ideal", name="atk_ideal"))
+    entries = attack.main(tiny(suite="ideal", name="atk_ideal", cache="runs/cache.json"))
     unsafe = [e for e in entries if e["task"] == "unsafe"]
     for model in ("defended", NL):
         first = [e for e in unsafe if e["model"] == model and e["seed"] == 0]
@@ -198,6 +198,9 @@ def test_the_ideal_suite_sweeps_schedules_and_reruns_the_strongest_setting_on_th
     assert {e["model"] for e in entries if e["task"] == "novel"} == {"defended", "base", NL}
     md = Path("runs/atk_ideal/attacks.md").read_text()
     assert "adam 0.01 cosine" in md and "Steps to UR 0.5, worst case" in md  # the grid's columns; plain UR too
+    again = attack.main(tiny(suite="ideal", name="atk_ideal2", cache="runs/cache.json"))  # --cache: nothing rerun
+    assert all(e.get("reused") for e in again) and len(again) == len(entries)
+    assert [e["curve"] for e in again] == [e["curve"] for e in entries]
 
 
 def test_the_lr_schedules():
