@@ -19,11 +19,17 @@ once (the base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
          seed 0: about 5 minutes on 2 CPU cores
   full   all 11 attacks of ATTACKS, 1000 steps, UR at 0, 50, 100, 200, 500, 1000, 2048 attacker images;
          Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2): 34 minutes on 2 CPU cores (README)
+  ideal  the three attacks on a UNet (finetune_unet, lora_unet, swap_decoder+finetune_unet), full's steps and
+         grid, each (optimizer, lr) also with 200 warmup steps and with a cosine schedule, for the defended and
+         never-learned models on seed 0, then seeds 1 and 2 at each one's strongest setting; the base and
+         scratch at seed 0, constant lr; the novel concept on defended, base and never-learned: about 2 hours
+         on 2 CPU cores as two processes (--only)
   wide   full's attacks and steps x 12 (optimizer, lr) (Adam, AdamW, RMSprop at 1e-5, 1e-4, 1e-3; SGD with
          momentum at 1e-4 to 1e-2; LoRA 10x): about six times full, hours on 2 CPU cores
 (Times measured before the never-learned reference joined: it adds one run per UNet attack, (optimizer, lr)
 and seed, and one per swap.)
---only, --optimizers and --lrs run a part of a suite. A suite writes attacks.json (every run; "best": true
+--only, --optimizers and --lrs run a part of a suite; --cache=<file.json> takes the runs it already holds
+(the same weights, attack and settings) instead of running them again, and adds the new ones. A suite writes attacks.json (every run; "best": true
 marks the kept ones), attacks.md (the tables of report.py, among them the steps to UR 0.5 of the defended
 model against the never-learned one, worst case over the grid), curves.png (faithful UR), curves_plain.png and
 grids/<attack>.png (the defended model's images before and after).
