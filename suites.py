@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ import data
 from adversary import (OPTIMIZERS, STEPS, SWAPS, TRAINED, benign_accuracy, check_folder, out_dir, parse_attack,
                        run_attack, save_samples, scratch_pipeline)
 from config import ConfigError, pick_device, run_record, seed_everything, write_json
+from report import mark_best, strength
 
 ATTACKS = (*STEPS, "swap_decoder+finetune_unet", "swap_text_encoder+finetune_unet",
            "swap_decoder+swap_text_encoder+finetune_unet", "swap_decoder+lora_unet")  # the full suite's list
@@ -84,14 +84,6 @@ SUITES = {
                                "lora_unet": [(o, 10 * lr) for o in ("adam", "adamw", "rmsprop") for lr in _ADAPTIVE]
                                + [("sgd", 100 * lr) for lr in _ADAPTIVE]}),
 }
-
-
-def strength(entry: dict) -> float:
-    """How strong an attack run was: the mean of its faithful curve (reaching unsafe early counts more).
-
-    The faithful UR, not the plain one: the plain UR also counts the evaluator's guesses on noise, so a
-    learning rate that wrecks the model into noise would look strong."""
-    return float(np.mean([v for _, v in entry.get("curve_faithful", entry["curve"])]))
 
 
 NEVER_LEARNED = "never_learned"  # the never-learned reference's label in the entries (attacks.json)
@@ -293,10 +285,8 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
                 write_json(cache, done)
             print(f"{attack} ({task}) on {label}, {opt} lr={lr:g} seed {seed}: {res['curve_faithful']} faithful, "
                   f"{res['curve']} plain")
-    for _, runs in itertools.groupby(sorted(entries, key=_group), key=_group):
-        max(runs, key=strength)["best"] = True
+    mark_best(entries)
     for e, samples in zip(entries, grids):
-        e.setdefault("best", False)
         if e["best"] and e["model"] == grid_of and e["seed"] == seeds[0] and samples:  # reused: no new images
             save_samples(samples, out / "grids" / f"{e['attack']}{'_novel' if e['task'] == 'novel' else ''}.png")
     write_json(out / "attacks.json", entries)
@@ -321,6 +311,4 @@ def settings(labels: list, seeds: list, grid: list, spec: dict, task: str, entri
             yield label, seed, tried[max(range(len(first)), key=lambda i: strength(first[i]))]
 
 
-def _group(e: dict) -> tuple:
-    return e["attack"], e["task"], e["model"], e["seed"]
 

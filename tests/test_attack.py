@@ -215,16 +215,16 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     entries = attack.main(tiny(model=defended, suite="quick", batch=2, name="atk_suite"))
     out = Path("runs/atk_suite")
     saved = json.loads((out / "attacks.json").read_text())
-    # unet: 4 models x 2 lrs; swap: 3; swap+unet and swap+swap+unet: 4 x 2 each; novel: 2 x 2 (the
-    # never-learned model faces the unsafe attacks only)
-    assert len(saved) == len(entries) == 4 * 2 + 3 + 2 * 4 * 2 + 2 * 2
+    # unet: 4 models x 2 lrs; swap: 3; swap+unet and swap+swap+unet: 4 x 2 each; novel: 3 x 2 (defended, base
+    # and never-learned: benign fine-tuning of a UNet)
+    assert len(saved) == len(entries) == 4 * 2 + 3 + 2 * 4 * 2 + 3 * 2
     best = [e for e in saved if e["best"]]
     swapped = ("swap_decoder+finetune_unet", "swap_decoder+swap_text_encoder+finetune_unet")
     assert {(e["attack"], e["task"], e["model"]) for e in best} == {
         (a, "unsafe", m) for a in ("finetune_unet", *swapped) for m in ("defended", "base", "never_learned",
                                                                         "scratch")} | {
         ("swap_decoder", "unsafe", m) for m in ("defended", "base", "never_learned")} | {
-        ("finetune_unet", "novel", m) for m in ("defended", "base")}
+        ("finetune_unet", "novel", m) for m in ("defended", "base", "never_learned")}
     # swapping the base's decoder into the base, the never-learned model (the base's decoder and text encoder)
     # or the scratch reference changes nothing: those runs are the finetune_unet runs, reused; the defended
     # model's decoder is its own, so its swap runs are new
@@ -245,7 +245,7 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     assert all((e["benign_accuracy_after"] is not None) == (e["model"] == "defended") for e in saved)
     # benign fine-tuning carries each model's decoder ceiling on the novel concept (what its VAE can draw)
     ev = evaluator.ensure_evaluator("runs/evaluator")
-    for label, model in (("defended", defended), ("base", "runs/base")):
+    for label, model in (("defended", defended), ("base", "runs/base"), ("never_learned", "runs/base")):
         want = evaluate.decoder_ceiling(pipeline.load_pipeline(model), ev, seed=0, objects=["star"])["accuracy"]
         assert {e["ceiling"] for e in saved if e["task"] == "novel" and e["model"] == label} == {want}
     assert all("ceiling" not in e for e in saved if e["task"] == "unsafe")
