@@ -299,12 +299,15 @@ def test_grid_table_shows_every_pair_seeds_averaged():
                entry("defended", "adam", 1e-3, 1, [[0, 0.0], [100, 0.2], [200, 0.4]], best=True),
                entry("defended", "sgd", 1e-2, 0, [[0, 0.0], [100, 0.1], [200, 0.1]]),
                entry("base", "sgd", 1e-2, 0, [[0, 1.0], [100, 1.0], [200, 0.9]], best=True),
-               dict(entry("defended", "adam", 1e-3, 0, [[0, 0.5]]), task="novel"),  # not unsafe data: left out
+               dict(entry("defended", "adam", 1e-3, 0, [[0, 0.1], [100, 0.5]]), task="novel"),  # its own row
+               dict(entry("defended", "adam", 1e-3, 0, [[0, 0.0], [100, 0.6], [200, 0.5]]), warmup=20,
+                    schedule="cosine"),  # another setting: its own column
                dict(entry("defended", None, None, 0, [[0, 0.0]]), attack="swap_decoder")]  # no training: left out
     lines = report.grid_table(entries).splitlines()
-    assert lines[0] == "| attack | model | adam 0.001 | sgd 0.01 |"
-    assert lines[2] == "| finetune_unet | defended | **0.30 (0.30)** | 0.10 (0.10) |"  # seeds averaged, then peak
-    assert lines[3] == "| finetune_unet | base | - | **0.90 (1.00)** |" and len(lines) == 4
+    assert lines[0] == "| attack | model | adam 0.001 | sgd 0.01 | adam 0.001 warmup 20 cosine |"
+    assert lines[2] == "| finetune_unet | defended | **0.30 (0.30)** | 0.10 (0.10) | 0.50 (0.60) |"  # seeds averaged
+    assert lines[3] == "| finetune_unet | base | - | **0.90 (1.00)** | - |"
+    assert lines[4] == "| finetune_unet (novel) | defended | 0.50 (0.50) | - | - |" and len(lines) == 5
 
 
 def test_faithful_unsafe_rate_needs_the_prompts_glyph_and_colour():
