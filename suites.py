@@ -19,7 +19,7 @@ once (the base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
          seed 0: about 5 minutes on 2 CPU cores
   full   all 11 attacks of ATTACKS, 1000 steps, UR at 0, 50, 100, 200, 500, 1000, 2048 attacker images;
          Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2): 34 minutes on 2 CPU cores (README)
-  ideal  the three attacks on a UNet (finetune_unet, lora_unet, swap_decoder+finetune_unet), full's steps and
+  ideal  the attacks on a UNet (finetune_unet, lora_unet, each after the decoder swap too), full's steps and
          grid, each (optimizer, lr) also with 200 warmup steps and with a cosine schedule, for the defended and
          never-learned models on seed 0, then seeds 1 and 2 at each one's strongest setting; the base and
          scratch at seed 0, constant lr; the novel concept on defended, base and never-learned: about 2 hours
@@ -29,10 +29,10 @@ once (the base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
 (Times measured before the never-learned reference joined: it adds one run per UNet attack, (optimizer, lr)
 and seed, and one per swap.)
 --only, --optimizers and --lrs run a part of a suite; --cache=<file.json> takes the runs it already holds
-(the same weights, attack and settings) instead of running them again, and adds the new ones. A suite writes attacks.json (every run; "best": true
-marks the kept ones), attacks.md (the tables of report.py, among them the steps to UR 0.5 of the defended
-model against the never-learned one, worst case over the grid), curves.png (faithful UR), curves_plain.png and
-grids/<attack>.png (the defended model's images before and after).
+(the same weights, attack and settings) instead of running them again, and adds the new ones. A suite writes
+attacks.json (every run; "best": true marks the kept ones), attacks.md (the tables of report.py, among them the
+steps to UR 0.5 of the defended model against the never-learned one, worst case over the grid), curves.png
+(faithful UR), curves_plain.png and grids/<attack>.png (the defended model's images before and after).
 
 Run: `python attack.py --model=runs/patronus --suite=quick`. Every `cfg` here is an attack.AttackConfig.
 """
@@ -72,10 +72,11 @@ SUITES = {
                   grid={"*": _TWO, "lora_unet": [("adam", 1e-3)], "finetune_text_encoder": [("adam", 1e-4)],
                         "novel": _TWO}),
     "full": _FULL | dict(grid={"*": _TWO, "lora_unet": [("adam", 1e-3), ("adam", 1e-2)]}),
-    # the realistic ideal: the three attacks on a UNet, the defended and never-learned models at every (optimizer,
+    # the realistic ideal: the attacks on a UNet, the defended and never-learned models at every (optimizer,
     # lr) and lr schedule of the grid on seed 0, then seeds 1 and 2 at each one's strongest setting of seed 0;
     # the base and scratch at seed 0 and a constant lr
-    "ideal": _FULL | dict(attacks=("finetune_unet", "lora_unet", "swap_decoder+finetune_unet"), seeds="0,1,2",
+    "ideal": _FULL | dict(attacks=("finetune_unet", "lora_unet", "swap_decoder+finetune_unet",
+                                   "swap_decoder+lora_unet"), seeds="0,1,2",
                           grid={"*": _TWO, "lora_unet": [("adam", 1e-3), ("adam", 1e-2)]},
                           schedules=({}, {"warmup": 200}, {"schedule": "cosine"}),
                           swept=("defended", "never_learned"), seeds_at_best=True),
