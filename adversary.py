@@ -271,9 +271,8 @@ def run_attack(pipe, evaluator, cfg, device, reference=None, task: str = "unsafe
             loss.backward()
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            if cfg.warmup or cfg.schedule != "constant":
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup, cfg.schedule)
+            for group in opt.param_groups:  # (constant, no warmup: the factor is 1)
+                group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup, cfg.schedule)
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # GPU work is asynchronous: wait before reading the clock
