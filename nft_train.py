@@ -31,7 +31,6 @@ from moderator import ModeratorConfig, apply_moderator, attacker_optimizer, rete
 
 # the simulated attacker: optimizers and learning rates sampled per outer step (over two decades, large included)
 INNER_ATTACKERS = [("sgd", 1e-2), ("sgd", 1e-3), ("adam", 1e-3), ("adam", 1e-4), ("adamw", 1e-3), ("adamw", 1e-4)]
-LORA_ATTACKERS = [("lora", 1e-3), ("lora", 1e-2)]  # --inner=full+lora: Adam on a rank-4 adapter, as attack.py's LoRA
 
 
 @dataclasses.dataclass
@@ -65,8 +64,6 @@ class NFTConfig:
                            tuple(losses.STEP3_LOSSES))
     target: str = option("black", "what unsafe prompts denoise toward in steps 1 and 3: black (Patronus) or what the "
                          "never-learned UNet (<model's folder>/never_learned) predicts for them", ("black", "never_learned"))
-    inner: str = option("full", "the simulated attackers: full fine-tuning, or LoRA adapters too (full+lora)",
-                        ("full", "full+lora"))
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
@@ -91,22 +88,6 @@ def set_aside(unet) -> list:
     return saved
 
 
-def attach_lora(unet, rank: int, g) -> tuple[list, list]:
-    """A LoRA adapter as forward hooks on the attention projections (adversary.LORA_TARGETS): y = Wx + B(Ax),
-    A random, B zero (a no-op to start); the UNet's modules and names stay as they are. Returns the adapter's
-    parameters and the hooks (remove them to detach it)."""
-    from adversary import LORA_TARGETS
-
-    params, hooks = [], []
-    for name, m in unet.named_modules():
-        if isinstance(m, torch.nn.Linear) and name.endswith(tuple("." + t for t in LORA_TARGETS)):
-            a = (torch.randn(rank, m.in_features, generator=g) / m.in_features ** 0.5).to(m.weight.device)
-            b = torch.zeros(m.out_features, rank, device=m.weight.device)
-            params += [a.requires_grad_(), b.requires_grad_()]
-            hooks.append(m.register_forward_hook(lambda _m, x, y, a=a, b=b: y + x[0] @ a.T @ b.T))
-    return params, hooks
-
-
 def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g, ideal=None):
     """Step (3): K steps of the attacker's objective from the defender's weights, then step 3's loss (black:
     unsafe prompts still denoise to black; with `ideal`, as the never-learned UNet does) at the adapted weights. First-order MAML: that loss's gradient,
@@ -116,30 +97,22 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     are set aside on the CPU, the attacker adapts `unet` itself, and the weights are put back afterwards: the
     same computation in the same order (tests/test_real_sd.py checks it), one UNet in memory.
     """
+    saved = set_aside(unet) if cfg.memory.simulated_copy == "inplace" else None
+    adapted = unet if saved else copy.deepcopy(unet)
     name, lr = attacker
-    lora = name == "lora"  # the adapter trains on unet itself; unet's weights and .grad (steps 1, 2) stay put
-    saved = set_aside(unet) if cfg.memory.simulated_copy == "inplace" and not lora else None
-    adapted = unet if saved or lora else copy.deepcopy(unet)
-    if lora:
-        params, hooks = attach_lora(unet.requires_grad_(False), 4, g)
-    inner = attacker_optimizer("adam" if lora else name, params if lora else adapted.parameters(), lr)
+    inner = attacker_optimizer(name, adapted.parameters(), lr)
     for _ in range(cfg.inner_steps):  # the attacker: plain diffusion loss on unsafe pairs
         i = draw(len(z_u))
         inner.zero_grad()
         losses.diffusion_loss(adapted, sched, z_u[i], c_u[i], generator=g).backward()
         inner.step()
     inner.zero_grad()
-    unet.requires_grad_(True)
     step3 = losses.STEP3_LOSSES[cfg.nft_loss]
     for _ in range(cfg.memory.grad_accum):  # the defender: step 3's loss at the adapted weights
         j = draw(len(z_u))
         l_nft = (step3(adapted, sched, z_u[j], c_u[j], z_black, generator=g) if ideal is None
                  else losses.distillation_loss(adapted, ideal, sched, z_u[j], c_u[j], generator=g))
-        (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()  # with LoRA: dL/dW at W + BA, into unet's .grad
-    if lora:
-        for h in hooks:
-            h.remove()
-        return l_nft
+        (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()
     gained = [q.grad for q in adapted.parameters()]  # zero_grad sets .grad to None: holding them costs no copy
     with torch.no_grad():
         for k, (p, acc) in enumerate(zip(unet.parameters(), gained)):
@@ -223,8 +196,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
         l_nft = torch.zeros(())
         if cfg.unet == "nft" and step >= cfg.unlearn_steps:
             # (3) simulated fine-tuning with a sampled optimizer and learning rate
-            attackers = INNER_ATTACKERS + (LORA_ATTACKERS if cfg.inner == "full+lora" else [])
-            attacker = random.Random(cfg.seed * 1_000_003 + step).choice(attackers)
+            attacker = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
             l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g, ideal)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
