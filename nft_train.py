@@ -62,8 +62,6 @@ class NFTConfig:
     nft_loss: str = option("black", "step 3's loss at the adapted weights: black (Patronus) or ascent (SOPHON: the "
                            "attacker's own loss on unsafe pairs pushed up; losses.STEP3_LOSSES)",
                            tuple(losses.STEP3_LOSSES))
-    target: str = option("black", "what unsafe prompts denoise toward in steps 1 and 3: black (Patronus) or what the "
-                         "never-learned UNet (<model's folder>/never_learned) predicts for them", ("black", "never_learned"))
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
@@ -88,9 +86,9 @@ def set_aside(unet) -> list:
     return saved
 
 
-def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g, ideal=None):
+def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g) -> torch.Tensor:
     """Step (3): K steps of the attacker's objective from the defender's weights, then step 3's loss (black:
-    unsafe prompts still denoise to black; with `ideal`, as the never-learned UNet does) at the adapted weights. First-order MAML: that loss's gradient,
+    unsafe prompts still denoise to black) at the adapted weights. First-order MAML: that loss's gradient,
     taken at the adapted weights, is added to unet's .grad. Returns the loss.
 
     deepcopy: the attacker adapts a copy (a second trainable UNet in memory). inplace: the defender's weights
@@ -110,8 +108,7 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     step3 = losses.STEP3_LOSSES[cfg.nft_loss]
     for _ in range(cfg.memory.grad_accum):  # the defender: step 3's loss at the adapted weights
         j = draw(len(z_u))
-        l_nft = (step3(adapted, sched, z_u[j], c_u[j], z_black, generator=g) if ideal is None
-                 else losses.distillation_loss(adapted, ideal, sched, z_u[j], c_u[j], generator=g))
+        l_nft = step3(adapted, sched, z_u[j], c_u[j], z_black, generator=g)
         (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()
     gained = [q.grad for q in adapted.parameters()]  # zero_grad sets .grad to None: holding them costs no copy
     with torch.no_grad():
@@ -125,23 +122,20 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     return l_nft
 
 
-def outer_losses(unet, unet0, sched, z_sup, c_u, z_b, c_b, c_dst, c_empty, g, ideal=None):
+def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
     """Steps (1) and (2) at the current weights, in one call of the UNet and one of the base UNet unet0:
-    (1) L_blk: unsafe prompts c_u denoise toward z_sup, the black latent (or with `ideal`, the never-learned UNet,
-    z_sup are unsafe latents and the target is ideal's prediction at the same input); (2) L_ND on benign pairs (z_b, c_b), and L_dst toward
+    (1) L_blk: unsafe prompts c_u denoise toward z_black; (2) L_ND on benign pairs (z_b, c_b), and L_dst toward
     unet0 on benign latents with prompts c_dst and with the empty prompt (guidance subtracts f(x, ""): it must
     not drift either). Each term is the mean over its own quarter of the batch, as four calls would give.
     Returns l_sup, l_ret, (l_dst on c_dst, on "")."""
     b = len(c_u)
-    x0 = torch.cat([z_sup.expand(b, *z_sup.shape[1:]), z_b, z_b, z_b])  # (4B, 4, h, w)
+    x0 = torch.cat([z_black.expand(b, *z_black.shape[1:]), z_b, z_b, z_b])  # (4B, 4, h, w)
     cond = torch.cat([c_u, c_b, c_dst, c_empty[:1].expand(b, -1, -1)])  # (4B, T, D)
     x_t, t, target = losses.noised(sched, x0, g)
     pred = unet(x_t, t, encoder_hidden_states=cond).sample.float().split(b)
     with torch.no_grad():  # unet0 may run in half precision (--memory.frozen_dtype)
         ref = unet0(x_t[2 * b :].to(unet0.dtype), t[2 * b :],
                     encoder_hidden_states=cond[2 * b :].to(unet0.dtype)).sample.float().split(b)
-        if ideal is not None:
-            target[:b] = ideal(x_t[:b], t[:b], encoder_hidden_states=cond[:b]).sample
     target = target.float().split(b)
     mse = torch.nn.functional.mse_loss
     return mse(pred[0], target[0]), mse(pred[1], target[1]), (mse(pred[2], ref[0]), mse(pred[3], ref[1]))
@@ -167,10 +161,6 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
         # the empty prompt's features, (B, T, D): the unconditional half of classifier-free guidance
         c_empty = encode_text(base.text_encoder, base.tokenizer, [""], device).expand(cfg.batch, -1, -1)
     z_black = black_latent(base)  # the target of the black loss, (1, 4, 8, 8) in the pocket world
-    ideal = None  # --target=never_learned: the unlearning literature's gold standard, a model never taught the concept
-    if cfg.target == "never_learned":
-        from suites import load_never_learned
-        ideal = load_never_learned(cfg.model, device).unet
     if device.type == "cuda":  # the peak memory of the min-max loop goes into nft_config.json
         torch.cuda.reset_peak_memory_stats(device)
     unet = pipe.unet.train().requires_grad_(True)
@@ -188,16 +178,15 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
         for _ in range(cfg.memory.grad_accum):  # micro-batches: their gradients add up before the one update
             iu, ib = batch(len(c_sup)), batch(len(z_b))
             c_dst = c_b[ib] if c_d is None else c_d[batch(len(c_d))]  # on benign latents, whatever the prompt
-            z_sup = z_black if cfg.target == "black" else z_u[iu % len(z_u)]
-            l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_sup, c_sup[iu], z_b[ib], c_b[ib], c_dst,
-                                               c_empty, g, ideal)  # (1) suppression and (2) retention
+            l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_sup[iu], z_b[ib], c_b[ib], c_dst,
+                                               c_empty, g)  # (1) suppression and (2) retention
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]
             ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.memory.grad_accum).backward()
         l_nft = torch.zeros(())
         if cfg.unet == "nft" and step >= cfg.unlearn_steps:
             # (3) simulated fine-tuning with a sampled optimizer and learning rate
             attacker = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
-            l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g, ideal)
+            l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()

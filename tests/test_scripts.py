@@ -408,22 +408,3 @@ def test_the_text_moderator_zeroes_unsafe_features_and_keeps_benign_and_empty_on
     assert shrink(unsafe) < 0.5 and shrink(heldout) < 0.8
     assert drift(benign) < 0.25 and drift([""]) < 0.25
     assert drift(benign) < drift(unsafe) / 2
-
-
-def test_the_never_learned_target_trains_toward_the_never_learned_unet(world, monkeypatch):
-    """--target=never_learned: steps 1 and 3 get the never-learned UNet of <model's folder>/never_learned."""
-    seen = []
-    real = nft_train.outer_losses
-
-    def spy(*args):
-        seen.append(args[-1])
-        return real(*args)
-
-    monkeypatch.setattr(nft_train, "outer_losses", spy)
-    nft_train.main(tiny_nft(target="never_learned", steps=2))
-    from diffusers import UNet2DConditionModel
-
-    never = UNet2DConditionModel.from_pretrained("runs/never_learned")
-    assert len(seen) == 2 and not changed(state(never), seen[0].state_dict())
-    with pytest.raises(ConfigError, match="target"):
-        build(nft_train.NFTConfig, {"target": "white"})
