@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -81,11 +82,18 @@ def restore_assets(runs: str = "runs", folder: Path = ASSETS) -> None:
     if not missing:
         return
     verify_assets(folder)
+    Path(runs).mkdir(parents=True, exist_ok=True)
     for part in missing:
-        tmp = Path(runs) / f"{part}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        # a private temporary folder per process: two scripts started together each copy, the first to finish
+        # renames its copy into place, the other drops its own
+        tmp = Path(tempfile.mkdtemp(prefix=f".{part}.", dir=runs)) / part
         shutil.copytree(Path(folder) / part, tmp)
-        tmp.rename(Path(runs) / part)
+        try:
+            tmp.rename(Path(runs) / part)
+        except OSError:
+            if not (Path(runs) / part).exists():
+                raise
+        shutil.rmtree(tmp.parent, ignore_errors=True)
     print(f"copied the pinned {', '.join(missing)} from {folder} into {runs}/ (checked against its manifest)")
 
 

@@ -87,3 +87,23 @@ def test_restore_copies_the_pinned_set_into_runs(tmp_path, monkeypatch):
     for k, v in shipped.unet.state_dict().items():
         assert torch.equal(v, pipe.unet.state_dict()[k])
     assert evaluate.ensure_evaluator() is not None  # runs/evaluator, restored
+
+
+def test_two_scripts_restoring_at_once_both_succeed(tmp_path):
+    # two scripts started together on a fresh clone each find runs/ empty and copy the set
+    import threading
+    runs = tmp_path / "runs"
+    errors = []
+
+    def restore():
+        try:
+            pinned.restore_assets(str(runs))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=restore) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in runs.iterdir()) == sorted(pinned.PARTS)  # no temporary copy left behind
