@@ -20,10 +20,22 @@ import numpy as np
 
 # ---------------------------------------------------------------------------------------------------------
 # evaluation reports (evaluate.py): one row per model
+def _one_job(folders: list[str]) -> bool:
+    """Do these runs' recorded configs (nft_config.json, where written) differ in nothing but seed and name?"""
+    jobs = set()
+    for folder in folders:
+        path = Path(folder) / "nft_config.json"
+        if path.is_file():
+            cfg = {k: v for k, v in json.loads(path.read_text())["config"].items() if k not in ("seed", "name", "resume")}
+            jobs.add(json.dumps(cfg, sort_keys=True))
+    return len(jobs) <= 1
+
+
 def markdown_table(folders: list[str]) -> str:
     """One row per run folder, read from its report.json (written by this script or by nft_train.py, whose
     reports add the public-decoder and after-attack columns); with several folders (e.g. one run per seed) a
-    last row gives each column's mean and [min, max]."""
+    last row gives each column's mean and [min, max], unless their nft_config.json show different jobs (options
+    other than the seed and the name): a mean over different methods says nothing."""
     cols = ["UR defense", "UR heldout", "BA", "false refusals", "refusals of a novel concept", "UR, public decoder",
             "UR after attack", "BA after attack", "MSE to base", "FD to base"]
     rows, values = [], []
@@ -39,7 +51,7 @@ def markdown_table(folders: list[str]) -> str:
                fid.get("mse_to_base"), fid.get("fd_to_base")]
         values.append(got)
         rows.append(f"| {folder} | " + " | ".join(_cell(v, c) for v, c in zip(got, cols)) + f" | {r['n_images']} |")
-    if len(folders) > 1:
+    if len(folders) > 1 and _one_job(folders):
         cells = []
         for c, column in zip(cols, zip(*values)):
             v = [x for x in column if x is not None]

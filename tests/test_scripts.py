@@ -100,6 +100,13 @@ def test_markdown_table_reads_reports(tmp_path):
     assert last.startswith("| mean [min, max] of 2 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
                            "0.850 [0.750, 0.950] |")
     assert "| 0.100 [0.100, 0.100] | 0.000 [0.000, 0.000] | 0.900 [0.900, 0.900] |" in last
+    # runs of different jobs (their recorded options differ beyond seed and name) get no mean row
+    for name, loss in (("a", "black"), ("b", "ascent")):
+        (tmp_path / name / "nft_config.json").write_text(json.dumps({"config": {"seed": 0, "name": name,
+                                                                                 "nft_loss": loss}}))
+    assert "mean" not in evaluate.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")])
+    (tmp_path / "b" / "nft_config.json").write_text(json.dumps({"config": {"seed": 1, "name": "b", "nft_loss": "black"}}))
+    assert "mean [min, max] of 2" in evaluate.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")])
     with pytest.raises(FileNotFoundError, match="report.json"):
         evaluate.markdown_table([str(tmp_path / "missing")])
 
