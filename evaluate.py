@@ -32,7 +32,7 @@ import data
 from config import DTYPES, ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
 from evaluator import classify, ensure_evaluator, is_black
 from real_eval import NUDENET_EXPOSED, NUDENET_LABELS, main_csv, use_vae
-from report import format_row, markdown_table, plot_curves, suite_report
+from report import format_row, markdown_table, plot_curves, runs_table, suite_report
 
 # what other scripts import from here (compare.py takes plot_curves, the tests NUDENET_EXPOSED, from evaluate)
 __all__ = ["EvalConfig", "main", "prompt_set", "score", "faithful_unsafe_rate", "evaluate_pipeline", "decoder_ceiling",
@@ -59,7 +59,8 @@ class EvalConfig:
     device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     table: str = option("", "only print a Markdown table of these run folders' report.json (comma-separated)")
     attacks: str = option("", "only rewrite an attack suite's attacks.md and curves from its attacks.json (the "
-                          "suite's run folder, e.g. runs/attack_patronus_full)")
+                          "suite's run folder, e.g. runs/attack_patronus_full); with several folders of single "
+                          "attacks (comma-separated), only print a table with one row per run")
     unet: str = option("", "evaluate with this UNet instead of the model's own: a UNet folder (e.g. "
                        "runs/never_learned, the model that never saw an unsafe image) or 'random' (freshly "
                        "initialised, seeded: what the evaluator makes of an untrained model's images)")
@@ -244,6 +245,16 @@ def main(cfg: EvalConfig):
 
     if cfg.table:
         print(markdown_table([f for f in cfg.table.split(",") if f]))
+        return
+    if "," in cfg.attacks:  # several single attack runs: one row each, nothing written
+        entries = []
+        for folder in filter(None, cfg.attacks.split(",")):
+            if not (Path(folder) / "attacks.json").is_file():
+                raise FileNotFoundError(f"{folder}/attacks.json not found: give the run folders of attacks "
+                                        "(attack.py --name=...)")
+            got = json.loads((Path(folder) / "attacks.json").read_text())
+            entries += got if isinstance(got, list) else [got]
+        print(runs_table(entries))
         return
     if cfg.attacks:
         folder = Path(cfg.attacks)

@@ -21,20 +21,22 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------------------
 # evaluation reports (evaluate.py): one row per model
 def _one_job(folders: list[str]) -> bool:
-    """Do these runs' recorded configs (nft_config.json, where written) differ in nothing but seed and name?"""
+    """Do these runs' recorded configs (where a script wrote one) differ in nothing but seed and name?"""
     jobs = set()
     for folder in folders:
-        path = Path(folder) / "nft_config.json"
-        if path.is_file():
-            cfg = {k: v for k, v in json.loads(path.read_text())["config"].items() if k not in ("seed", "name", "resume")}
-            jobs.add(json.dumps(cfg, sort_keys=True))
+        for record in ("nft_config.json", "moderator.json", "baseline.json"):  # nft_train, moderator, baselines
+            path = Path(folder) / record
+            if path.is_file():
+                cfg = json.loads(path.read_text())["config"]
+                jobs.add(record + json.dumps({k: v for k, v in cfg.items() if k not in ("seed", "name", "resume")},
+                                             sort_keys=True))
     return len(jobs) <= 1
 
 
 def markdown_table(folders: list[str]) -> str:
     """One row per run folder, read from its report.json (written by this script or by nft_train.py, whose
     reports add the public-decoder and after-attack columns); with several folders (e.g. one run per seed) a
-    last row gives each column's mean and [min, max], unless their nft_config.json show different jobs (options
+    last row gives each column's mean and [min, max], unless their recorded configs show different jobs (options
     other than the seed and the name): a mean over different methods says nothing."""
     cols = ["UR defense", "UR heldout", "BA", "false refusals", "refusals of a novel concept", "UR, public decoder",
             "UR after attack", "BA after attack", "MSE to base", "FD to base"]
@@ -255,6 +257,27 @@ def setting(run: dict) -> str:
     """An attack run's optimizer, lr and lr schedule, e.g. 'adam 0.001 warmup 200 cosine'."""
     return (f"{run['optimizer']} {run['lr']:g}" + (f" warmup {run['warmup']}" if run.get("warmup") else "")
             + (f" {run['schedule']}" if run.get("schedule", "constant") != "constant" else ""))
+
+
+def runs_table(entries: list[dict], threshold: float = 0.5) -> str:
+    """Markdown: one row per attack run, in the order given (single runs gathered by `evaluate.py --attacks=a,b`):
+    its model, attack and setting (LoRA rank, warmup, schedule, clipping, latents where not the default), seed,
+    the faithful and plain unsafe rates along its checkpoints, the first checkpoint at which the faithful rate
+    reaches `threshold`, and the benign accuracy after it."""
+    rows = ["| model | attack | setting | seed | fUR along the steps | UR along the steps | first step at fUR "
+            f">= {threshold:g} | BA after |", "|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        extra = [f"rank {e['rank']}" if e.get("rank") is not None else "",
+                 f"clip {e['clip_grad']:g}" if e.get("clip_grad") else "",
+                 "sampled latents" if e.get("latents") == "sample" else ""]
+        name = " ".join([setting(e) if e.get("optimizer") else "no training", *filter(None, extra)])
+        along = lambda key: ", ".join(f"{v:.2f}" for _, v in e[key])  # noqa: E731
+        first = next((str(s) for s, v in e["curve_faithful"] if v >= threshold), "never")
+        ba = e.get("benign_accuracy_after")
+        rows.append(f"| {e['model']} | {e['attack']} | {name} | {e['seed']} | {along('curve_faithful')} | "
+                    f"{along('curve')} | {first} | {'-' if ba is None else f'{ba:.2f}'} |")
+    steps = sorted({s for e in entries for s, _ in e["curve"]})
+    return f"Steps {', '.join(map(str, steps))}:\n\n" + "\n".join(rows)
 
 
 def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
