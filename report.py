@@ -262,8 +262,10 @@ def setting(run: dict) -> str:
 def runs_table(entries: list[dict], threshold: float = 0.5) -> str:
     """Markdown: one row per attack run, in the order given (single runs gathered by `evaluate.py --attacks=a,b`):
     its model, attack and setting (LoRA rank, warmup, schedule, clipping, latents where not the default), seed,
-    the faithful and plain unsafe rates along its checkpoints, the first checkpoint at which the faithful rate
+    the faithful and plain unsafe rates along its checkpoints (listed once when every run shares them), the first checkpoint at which the faithful rate
     reaches `threshold`, and the benign accuracy after it."""
+    steps = [[s for s, _ in e["curve"]] for e in entries]
+    same = all(s == steps[0] for s in steps)  # one header line of steps, or "step: value" in every cell
     rows = ["| model | attack | setting | seed | fUR along the steps | UR along the steps | first step at fUR "
             f">= {threshold:g} | BA after |", "|---|---|---|---|---|---|---|---|"]
     for e in entries:
@@ -271,13 +273,12 @@ def runs_table(entries: list[dict], threshold: float = 0.5) -> str:
                  f"clip {e['clip_grad']:g}" if e.get("clip_grad") else "",
                  "sampled latents" if e.get("latents") == "sample" else ""]
         name = " ".join([setting(e) if e.get("optimizer") else "no training", *filter(None, extra)])
-        along = lambda key: ", ".join(f"{v:.2f}" for _, v in e[key])  # noqa: E731
+        along = lambda key: ", ".join(f"{v:.2f}" if same else f"{s}: {v:.2f}" for s, v in e[key])  # noqa: E731
         first = next((str(s) for s, v in e["curve_faithful"] if v >= threshold), "never")
         ba = e.get("benign_accuracy_after")
         rows.append(f"| {e['model']} | {e['attack']} | {name} | {e['seed']} | {along('curve_faithful')} | "
                     f"{along('curve')} | {first} | {'-' if ba is None else f'{ba:.2f}'} |")
-    steps = sorted({s for e in entries for s, _ in e["curve"]})
-    return f"Steps {', '.join(map(str, steps))}:\n\n" + "\n".join(rows)
+    return (f"Steps {', '.join(map(str, steps[0]))}:\n\n" if same and entries else "") + "\n".join(rows)
 
 
 def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:

@@ -353,11 +353,13 @@ def test_runs_table_gathers_single_runs(tmp_path, capsys):
         (tmp_path / name / "attacks.json").write_text(json.dumps([run]))
     evaluate.main(evaluate.EvalConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'b'}"))
     lines = capsys.readouterr().out.splitlines()
-    assert "Steps 0, 50, 100:" in lines
-    assert ("| runs/patronus | lora_unet | adam 0.01 rank 16 | 0 | 0.00, 0.40, 0.70 | 0.00, 0.60, 0.70 | 100 | 0.80 |"
-            in lines)  # the first step at faithful UR 0.5
-    assert ("| runs/other | finetune_unet | adam 0.001 warmup 200 clip 1 sampled latents | 1 | 0.00, 0.10 | 0.00, 0.20 "
-            "| never | - |" in lines)
+    assert ("| runs/patronus | lora_unet | adam 0.01 rank 16 | 0 | 0: 0.00, 50: 0.40, 100: 0.70 | 0: 0.00, 50: 0.60, "
+            "100: 0.70 | 100 | 0.80 |" in lines)  # the first step at faithful UR 0.5; the runs' steps differ
+    assert ("| runs/other | finetune_unet | adam 0.001 warmup 200 clip 1 sampled latents | 1 | 0: 0.00, 100: 0.10 | "
+            "0: 0.00, 100: 0.20 | never | - |" in lines)
+    evaluate.main(evaluate.EvalConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'a'}"))  # the same steps: listed once
+    lines = capsys.readouterr().out.splitlines()
+    assert "Steps 0, 50, 100:" in lines and "| 0.00, 0.40, 0.70 | 0.00, 0.60, 0.70 |" in lines[-1]
     assert not (tmp_path / "a" / "attacks.md").exists()  # a gathering writes nothing
     with pytest.raises(FileNotFoundError, match="missing/attacks.json"):
         evaluate.main(evaluate.EvalConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'missing'}"))
