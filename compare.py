@@ -30,13 +30,13 @@ is its decoder gives the base, attacked once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 from attack import SUITES, AttackConfig, attack_grid
 from baselines import BaselineConfig
-from config import ConfigError, build, cli, flatten, option, pick_device, run_record, seed_everything, write_json
+from config import (ConfigError, build, cli, flatten, option, pick_device, recorded_config, run_record,
+                    seed_everything, write_json)
 from moderator import ModeratorJob
 from nft_train import NFTConfig
 from suites import NEVER_LEARNED, load_never_learned, never_learned_folder
@@ -53,7 +53,6 @@ DEFENCES = {
     "nft": ("runs/nft_only", build(NFTConfig, {"name": "nft_only", "moderator.kind": "off", "evaluate": False})),
     "patronus": ("runs/patronus", NFTConfig(evaluate=False)),
 }
-RECORDS = ("nft_config.json", "moderator.json", "baseline.json")  # where each script records its config
 # options that do not change the trained weights
 IGNORED = {"device", "evaluate", "check.attack_steps", "check.unsafe_repeats", "check.benign_repeats",
            "check.sample_steps", "resume", "checkpoint_every"}
@@ -82,14 +81,6 @@ class CompareConfig:
         if bad:
             raise ConfigError(f"--defences: unknown {bad[0]!r}; choose from {', '.join(DEFENCES)} (or all)")
         AttackConfig(only=self.only, optimizers=self.optimizers, lrs=self.lrs)  # the same checks as attack.py's
-
-
-def recorded_config(folder: Path) -> dict | None:
-    """The config a folder was trained with, as its script recorded it; None when there is none."""
-    for name in RECORDS:
-        if (folder / name).is_file():
-            return json.loads((folder / name).read_text())["config"]
-    return None
 
 
 def up_to_date(have: dict | None, cfg) -> bool:

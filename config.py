@@ -19,6 +19,7 @@ import random
 import sys
 import types
 import typing
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -266,6 +267,18 @@ def run_record(cfg) -> dict:
         "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
+
+
+# where each script records its run_record: nft_train.py, moderator.py, baselines.py
+RECORDS = ("nft_config.json", "moderator.json", "baseline.json")
+
+
+def recorded_config(folder) -> dict | None:
+    """The config a folder was trained with, as its script recorded it (run_record); None when there is none."""
+    for name in RECORDS:
+        if (Path(folder) / name).is_file():
+            return json.loads((Path(folder) / name).read_text())["config"]
+    return None
 
 
 def write_json(path, obj) -> None:

@@ -246,26 +246,22 @@ def main(cfg: EvalConfig):
     if cfg.table:
         print(markdown_table([f for f in cfg.table.split(",") if f]))
         return
-    if "," in cfg.attacks:  # several single attack runs: one row each, nothing written
+    if cfg.attacks:  # one suite's folder: rewrite its report; several single runs' folders: one row each
+        folders = [Path(f) for f in cfg.attacks.split(",") if f]
         entries = []
-        for folder in filter(None, cfg.attacks.split(",")):
-            if not (Path(folder) / "attacks.json").is_file():
-                raise FileNotFoundError(f"{folder}/attacks.json not found: give the run folders of attacks "
-                                        "(attack.py --name=...)")
-            got = json.loads((Path(folder) / "attacks.json").read_text())
+        for folder in folders:
+            if not (folder / "attacks.json").is_file():
+                raise FileNotFoundError(f"{folder}/attacks.json not found: --attacks takes the run folder of an attack "
+                                        "suite (attack.py --suite=...) or several of single attacks (attack.py --name=...)")
+            got = json.loads((folder / "attacks.json").read_text())
             entries += got if isinstance(got, list) else [got]
-        print(runs_table(entries))
-        return
-    if cfg.attacks:
-        folder = Path(cfg.attacks)
-        if not (folder / "attacks.json").is_file():
-            raise FileNotFoundError(f"{folder}/attacks.json not found: --attacks takes the run folder of an attack "
-                                    "suite (attack.py --suite=...)")
-        entries = json.loads((folder / "attacks.json").read_text())
-        meta = json.loads((folder / "suite.json").read_text()) if (folder / "suite.json").is_file() else {}
-        print(suite_report(entries, folder, meta.get("suite", "?"),
+        if len(folders) > 1:
+            print(runs_table(entries))
+            return
+        meta = json.loads((folders[0] / "suite.json").read_text()) if (folders[0] / "suite.json").is_file() else {}
+        print(suite_report(entries, folders[0], meta.get("suite", "?"),
                            meta.get("run", {}).get("config", {}).get("model", "?"), meta.get("seeds", "?")))
-        print(f"wrote {folder}/attacks.md, curves.png, curves_plain.png")
+        print(f"wrote {folders[0]}/attacks.md, curves.png, curves_plain.png")
         return
     if cfg.prompts:  # real models: real_eval.py
         return main_csv(cfg, report_dir(cfg))

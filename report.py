@@ -17,19 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from config import recorded_config
+
 
 # ---------------------------------------------------------------------------------------------------------
 # evaluation reports (evaluate.py): one row per model
 def _one_job(folders: list[str]) -> bool:
     """Do these runs' recorded configs (where a script wrote one) differ in nothing but seed and name?"""
-    jobs = set()
-    for folder in folders:
-        for record in ("nft_config.json", "moderator.json", "baseline.json"):  # nft_train, moderator, baselines
-            path = Path(folder) / record
-            if path.is_file():
-                cfg = json.loads(path.read_text())["config"]
-                jobs.add(record + json.dumps({k: v for k, v in cfg.items() if k not in ("seed", "name", "resume")},
-                                             sort_keys=True))
+    jobs = {json.dumps({k: v for k, v in cfg.items() if k not in ("seed", "name", "resume")}, sort_keys=True)
+            for cfg in map(recorded_config, folders) if cfg is not None}
     return len(jobs) <= 1
 
 
@@ -262,8 +258,8 @@ def setting(run: dict) -> str:
 def runs_table(entries: list[dict], threshold: float = 0.5) -> str:
     """Markdown: one row per attack run, in the order given (single runs gathered by `evaluate.py --attacks=a,b`):
     its model, attack and setting (LoRA rank, warmup, schedule, clipping, latents where not the default), seed,
-    the faithful and plain unsafe rates along its checkpoints (listed once when every run shares them), the first checkpoint at which the faithful rate
-    reaches `threshold`, and the benign accuracy after it."""
+    the faithful and plain unsafe rates along its checkpoints (listed once when every run shares them), the first
+    checkpoint at which the faithful rate reaches `threshold`, and the benign accuracy after it."""
     steps = [[s for s, _ in e["curve"]] for e in entries]
     same = all(s == steps[0] for s in steps)  # one header line of steps, or "step: value" in every cell
     rows = ["| model | attack | setting | seed | fUR along the steps | UR along the steps | first step at fUR "
