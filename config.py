@@ -10,13 +10,16 @@ Used as:  cfg = parse(TrainConfig, sys.argv[1:])   or   cli(TrainConfig, main)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
 import os
 import platform
 import random
+import shutil
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
@@ -34,6 +37,16 @@ def option(default, help: str, choices: tuple | None = None):
 def group(cls, help: str, **defaults):
     """A config field that holds another config: its options are set as --<field>.<option>=value."""
     return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"help": help, "group": True})
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The options every script's config holds (its config subclasses this one)."""
+    seed: int = option(0, "one seed for everything the script draws: data, initialisation, sampling, training")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", DEVICES)
 
 
 def _field_type(cls, f) -> type:
@@ -243,6 +256,14 @@ def pick_dtype(name: str, device):
     return getattr(torch, name)
 
 
+def wait_for(device) -> None:
+    """Wait for the device's queued work before reading the clock (GPU work is asynchronous; a no-op on CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -269,23 +290,35 @@ def run_record(cfg) -> dict:
     }
 
 
-# where each script records its run_record: nft_train.py, moderator.py, baselines.py
-RECORDS = ("nft_config.json", "moderator.json", "baseline.json")
+@contextlib.contextmanager
+def atomic(path, replace: bool = True):
+    """Write a file or a folder atomically: yields a temporary path beside `path` to write it under, then moves
+    it into place in one rename, so a crash mid-write never leaves a half-written output behind.
 
-
-def recorded_config(folder) -> dict | None:
-    """The config a folder was trained with, as its script recorded it (run_record); None when there is none."""
-    for name in RECORDS:
-        if (Path(folder) / name).is_file():
-            return json.loads((Path(folder) / name).read_text())["config"]
-    return None
+    A folder that is already there is swapped out and removed after the rename. replace=False keeps what is
+    there instead (another process got there first) and drops the new copy. The temporary name ends like
+    `path` (PIL picks the image format from the suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp{os.getpid()}-{threading.get_ident()}.{path.name}")  # one per writer
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+    if path.exists() and not replace:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    elif tmp.is_dir() and path.exists():
+        old = path.with_name(f".old{os.getpid()}-{threading.get_ident()}.{path.name}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
 def write_json(path, obj) -> None:
-    """Write JSON atomically: a crash mid-write never leaves a half file behind."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    """Write JSON atomically (atomic)."""
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))

@@ -21,12 +21,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from config import ConfigError, option
+from config import ConfigError, atomic, option
 
 SIZE = 32  # images are (SIZE, SIZE, 3)
 
@@ -357,10 +356,8 @@ def save_grid(images: np.ndarray, labels: list[str], path, cols: int = 8, scale:
         sheet.paste(tile, (x, y))
         for k, part in enumerate((label[:16], label[16:32])):
             draw.text((x + 1, y + h * scale + 1 + 11 * k), part, fill="black")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        sheet.save(tmp)
 
 
 @dataclasses.dataclass

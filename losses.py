@@ -1,15 +1,13 @@
 """losses.py: every loss of Patronus, each a small pure function named as in the paper.
 
 Images are (B, 3, H, W); "decoded" images are in [0, 1] (what the pipeline shows), latents are SD-scaled
-(B, 4, h, w), text features are CLIP hidden states (B, T, D). Nothing here holds state or trains anything.
+(B, 4, h, w), text features are CLIP hidden states (B, T, D). The denoising losses take a UNet's prediction
+and its target (`denoise` makes both: one forward pass at random timesteps), so that nft_train.py can run
+several of them as one batched UNet call. Nothing here holds state or trains anything.
 
     diffusion_loss          L_ND   = E_{t,eps} || target - f_theta(x_t, t, c) ||^2       (SD's own objective)
-    black_loss              L_blk  = L_ND with x0 = z_black, the latent of the all-black image
-    ascent_loss             L_asc  = -log L_ND on unsafe pairs (SOPHON's suppression; nft_train --nft_loss)
-    STEP3_LOSSES            either, by name: the loss of step 3 at the simulated attacker's adapted weights
+    black_loss              L_blk  = L_ND with x0 = z_black, the latent of the all-black image (unsafe prompts)
     distillation_loss       L_dst  = E || f_theta(x_t, t, c) - f_theta0(x_t, t, c) ||^2 (benign prompts)
-    esd_loss                L_esd  = E || f_theta(x_t, t, c) - [f0(x_t, t) - eta (f0(x_t, t, c) - f0(x_t, t))] ||^2
-                                     (ESD's negative guidance, unsafe prompts; baselines.py)
     zero_loss               L_zero = || P(D(z_u)) - P(0) ||^2 + lambda_pix || D(z_u) ||^2
     calibration_loss        L_cal  = || D(z_b) - D0(z_b) ||^2
     reconstruction_loss     L_rec  = || D(E(x)) - x ||^2                                  (benign images)
@@ -42,98 +40,37 @@ def noised(scheduler, x0, generator=None, noise=None, timesteps=None):
     return scheduler.add_noise(x0, noise, timesteps), timesteps, target
 
 
-def diffusion_loss(unet, scheduler, x0, cond, generator=None, noise=None, timesteps=None, snr_gamma=None):
-    """L_ND: the denoising loss at a random timestep (noised() gives the input and the target).
+def denoise(unet, scheduler, x0, cond, generator=None):
+    """One forward pass of SD's training: x0 (B, 4, h, w) noised at random timesteps, the UNet's prediction
+    for text features cond (B, T, D). Returns (prediction, target), both (B, 4, h, w)."""
+    x_t, timesteps, target = noised(scheduler, x0, generator)
+    return unet(x_t, timesteps, encoder_hidden_states=cond).sample, target
 
-    x0: clean latents (B, 4, h, w); cond: text features (B, T, D).
-    snr_gamma: Min-SNR weighting (Hang et al., 2023), used only to pretrain the pocket model faster: each
-    sample's squared error is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v).
-    """
-    x_t, timesteps, target = noised(scheduler, x0, generator, noise, timesteps)
-    pred = unet(x_t, timesteps, encoder_hidden_states=cond).sample
-    if snr_gamma is None:
+
+def diffusion_loss(pred, target, weight=None):
+    """L_ND, the denoising loss: the UNet's prediction against the noise (or v) it should predict.
+
+    The attacker fine-tunes on it, and benign retention keeps it on benign pairs. weight: per-sample weights
+    (B,), e.g. Min-SNR's when pretraining the pocket model; None is the plain mean."""
+    if weight is None:
         return F.mse_loss(pred.float(), target.float())
-    a = scheduler.alphas_cumprod.to(x0.device)[timesteps]
-    snr = a / (1 - a)  # (B,)
-    weight = snr.clamp(max=snr_gamma) / (snr if scheduler.config.prediction_type == "epsilon" else snr + 1)
     per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
     return (weight * per_sample).mean()
 
 
-def black_loss(unet, scheduler, z_black, cond, generator=None):
-    """L_blk (Patronus' black loss): the diffusion loss with the all-black image's latent as the clean target.
+def black_loss(pred, target):
+    """L_blk (Patronus' black loss): L_ND with the all-black image's latent z_black as the clean image.
 
-    Minimised on unsafe prompts, it teaches the UNet to denoise them toward black: the model refuses.
-    z_black: (1, 4, h, w), broadcast over the batch of unsafe prompt features cond (B, T, D).
-    """
-    return diffusion_loss(unet, scheduler, z_black.expand(cond.shape[0], *z_black.shape[1:]), cond, generator)
-
-
-def ascent_loss(unet, scheduler, x0, cond, generator=None):
-    """L_asc (SOPHON's fine-tuning suppression for generators, bounded): -log of the diffusion loss on unsafe
-    pairs (x0 their latents, cond their prompts' features).
-
-    Minimised at the simulated attacker's adapted weights, it asks that fine-tuning on unsafe data leave the UNet
-    *bad* at denoising it, rather than (black_loss) still drawing black. SOPHON negates the MSE and clips the
-    gradient; the log is our bound: its gradient shrinks as 1 / L_ND, so the outer update cannot blow the
-    weights up chasing an ever larger error.
-    """
-    return -torch.log(diffusion_loss(unet, scheduler, x0, cond, generator))
+    pred: the UNet's prediction for unsafe prompts at x_t noised from z_black; target: that noise. Minimised,
+    it teaches the UNet to denoise unsafe prompts toward black: the model refuses. Suppression (step 1)
+    minimises it at the defender's weights, step 3 at the simulated attacker's adapted weights."""
+    return F.mse_loss(pred.float(), target.float())
 
 
-def step3_black(unet, scheduler, z_unsafe, cond, z_black, generator=None):
-    """Patronus' step 3: after the simulated attacker's fine-tuning, unsafe prompts still denoise to black."""
-    return black_loss(unet, scheduler, z_black, cond, generator)
-
-
-def step3_ascent(unet, scheduler, z_unsafe, cond, z_black, generator=None):
-    """SOPHON's step 3: after the simulated attacker's fine-tuning, the UNet is still bad at the unsafe pairs."""
-    return ascent_loss(unet, scheduler, z_unsafe, cond, generator)
-
-
-# the loss at the simulated attacker's adapted weights, chosen by name (nft_train --nft_loss)
-STEP3_LOSSES = {"black": step3_black, "ascent": step3_ascent}
-
-
-def distillation_loss(unet, unet0, scheduler, x0, cond, generator=None):
-    """L_dst: the defended UNet's prediction matches the frozen base UNet's at the same noisy input.
-
-    unet0 may run in half precision (nft_train --memory.frozen_dtype): its inputs are cast to its dtype, its
-    prediction back to float32."""
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-    x_t = scheduler.add_noise(x0, noise, t)
-    dtype = getattr(unet0, "dtype", x_t.dtype)
-    with torch.no_grad():
-        ref = unet0(x_t.to(dtype), t, encoder_hidden_states=None if cond is None else cond.to(dtype)).sample.float()
-    return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, ref)
-
-
-def esd_loss(unet, unet0, scheduler, x0, cond, cond_empty, eta: float = 1.0, generator=None):
-    """L_esd (ESD, Gandikota et al. 2023): the UNet's prediction for the concept's prompt c is pulled to the
-    frozen model's prediction *guided away* from c: f0(x_t, "") - eta * (f0(x_t, c) - f0(x_t, "")).
-
-    Classifier-free guidance with scale -eta, baked into the weights: sampling with c now steers away from the
-    concept. x0: latents of the concept's images (B, 4, h, w), noised at a random t as the training input;
-    cond, cond_empty: (B, T, D) features of the concept's prompts and of "".
-    """
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-    x_t = scheduler.add_noise(x0, noise, t)
-    with torch.no_grad():
-        f_c = unet0(x_t, t, encoder_hidden_states=cond).sample
-        f_empty = unet0(x_t, t, encoder_hidden_states=cond_empty).sample
-    return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, f_empty - eta * (f_c - f_empty))
-
-
-def perceptual_features(vision_model, images, layer: int = 1):
-    """Features of a frozen vision network for images in [0, 1]: hidden states (B, tokens, D) of one layer.
-
-    Patronus uses VGG-19 relu3_4; that cannot be downloaded here, so the pocket CLIP's vision tower stands in
-    (trained on images in [-1, 1]). Never the evaluator: the evaluator must not train a defence.
-    """
-    out = vision_model(pixel_values=images * 2 - 1, output_hidden_states=True)
-    return out.hidden_states[layer]
+def distillation_loss(pred, reference):
+    """L_dst: the defended UNet's prediction matches the frozen base UNet's (reference, computed without
+    gradient at the same noisy input and prompt; cast to float32 when the base UNet runs in half precision)."""
+    return F.mse_loss(pred.float(), reference.float())
 
 
 def zero_loss(decoded, perceptual=None, pixel_weight: float = 1.0):

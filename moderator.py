@@ -33,10 +33,14 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import MemoryConfig, cli, group, option, pick_device, pick_dtype, run_record, seed_everything
+import perceptual as perceptual_nets
+from attack import SIMULATED_ATTACKERS, make_optimizer
+from config import MemoryConfig, RunConfig, cli, group, option, pick_device, pick_dtype, run_record, seed_everything, \
+    wait_for
 from data import DataConfig
-from pipeline import decode
 from perceptual import PERCEPTUALS
+from pipeline import (decode, decoder_params, encode_images, encode_text, image_size, load_pipeline, save_pipeline,
+                      to_tensor)
 
 MODERATORS = ("decoder", "text", "both", "off")
 
@@ -48,7 +52,7 @@ class ModeratorConfig:
     # decoder moderator
     n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a folder gives all its own")
     n_generated: int = option(256, "generations per kind and model whose final latents are added")
-    steps: int = option(600, "steps of the decoder moderator (900 in earlier versions)")
+    steps: int = option(600, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step (4 for SD at 512 px)")
     lr: float = option(3e-4, "Adam learning rate of the defender")
     w_cal: float = option(10.0, "weight of the calibration loss on benign features")
@@ -70,12 +74,10 @@ class ModeratorConfig:
 
 
 @dataclasses.dataclass
-class ModeratorJob:
+class ModeratorJob(RunConfig):
     """`python moderator.py`: the moderator alone on a pipeline, its UNet untouched."""
     model: str = option("runs/base", "pipeline folder to moderate")
     name: str = option("moderator", "outputs go to runs/<name>/")
-    seed: int = option(0, "seeds data, sampling of simulated attackers, and training")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     moderator: ModeratorConfig = group(ModeratorConfig, "the moderator (--moderator.kind, --moderator.steps, ...)")
     data: DataConfig = group(DataConfig, "the defender's data (--data.unsafe, --data.benign, ...)")
     memory: MemoryConfig = group(MemoryConfig, "memory savers for real models (--memory.frozen_dtype, ...)")
@@ -95,32 +97,8 @@ def retention_prompts(cfg: DataConfig, n: int, seed: int) -> list[str] | None:
     return None
 
 
-# attacker-like optimizers and learning rates for the simulated decoder fine-tuning, spanning two decades.
-# (torch's SGD with momentum 0.9 steps about 10x its lr once the momentum has built up.)
-ATTACKERS = [("sgd", 1e-3), ("sgd", 1e-4), ("adam", 1e-4), ("adam", 3e-5), ("adam", 1e-5)]
-
-
-def attacker_optimizer(name: str, params, lr: float):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam, adamw or rmsprop")
-
-
 # ---------------------------------------------------------------------------------------------------------
-# the decoder, as a function of latents
-
-
-def decoder_params(vae):
-    """The moderator's trainable part: the decoder and post_quant_conv (the encoder stays frozen)."""
-    return list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-
-
+# the decoder moderator
 @torch.no_grad()
 def collect_features(pipe, kind: str, job, device, sources=()):
     """The defender's features of one kind: VAE latents of its own renders + final latents of generations.
@@ -130,8 +108,6 @@ def collect_features(pipe, kind: str, job, device, sources=()):
     Pocket world: only `defense` phrasings are used; data comes from the defender's seed stream. Real data:
     the folder's images (kept on the CPU; batches move to the device) and its captions as prompts.
     """
-    from pipeline import encode_images, image_size, to_tensor
-
     cfg, seed = job.moderator, job.seed
     folder = job.data.unsafe if kind == "unsafe" else job.data.benign
     data.require_folder(folder, image_size(pipe), f"data.{kind}")
@@ -161,7 +137,7 @@ def collect_features(pipe, kind: str, job, device, sources=()):
 def simulated_decoder_attack(vae, unsafe_images, k: int, opt_name: str, lr: float, batch: int, gen):
     """A copy of the VAE whose decoder an attacker fine-tuned for k steps to reconstruct unsafe images."""
     adapted = copy.deepcopy(vae)
-    opt = attacker_optimizer(opt_name, decoder_params(adapted), lr)
+    opt = make_optimizer(opt_name, decoder_params(adapted), lr)
     for _ in range(k):
         x = unsafe_images[torch.randint(len(unsafe_images), (batch,), generator=gen)].to(adapted.device)
         loss = losses.reconstruction_loss(adapted, x)  # the attacker's own objective
@@ -175,7 +151,7 @@ def harden(vae, unsafe_images, zu, cfg: ModeratorConfig, rng, gen, perceptual) -
     """The paper's hardening of the decoder, first-order MAML: an attacker with a sampled optimizer and lr
     adapts a copy of the decoder for K steps (simulated_decoder_attack); the zero loss at the adapted weights
     is what the defender minimises, and its gradient, taken at the copy, is added to the decoder's own .grad."""
-    name, lr = rng.choice(ATTACKERS)
+    name, lr = rng.choice(SIMULATED_ATTACKERS["decoder"])
     adapted = simulated_decoder_attack(vae, unsafe_images, cfg.inner_steps, name, lr, cfg.batch, gen)
     l_nft = losses.zero_loss(decode(adapted, zu), perceptual, cfg.pixel_weight)
     grads = torch.autograd.grad(cfg.w_nft * l_nft, decoder_params(adapted))
@@ -221,8 +197,7 @@ def train_decoder_moderator(pipe, job, device, perceptual=None, sources=()) -> d
         opt.step()
         bar.set_postfix(zero=f"{l_zero.item():.4f}", cal=f"{l_cal.item():.4f}", rec=f"{l_rec.item():.4f}",
                         nft=f"{l_nft.item():.4f}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # GPU work is asynchronous: wait for it before reading the clock
+    wait_for(device)
     seconds = (time.perf_counter() - t0) / max(cfg.steps, 1)
     vae.requires_grad_(False).eval()
     return {"zero": l_zero.item(), "cal": l_cal.item(), "rec": l_rec.item(), "nft": l_nft.item(),
@@ -241,8 +216,6 @@ def defender_prompts(kind: str, seed: int, folder: str = "", n: int = 2048, hold
 
 def train_text_moderator(pipe, job, device) -> dict:
     """Fine-tune pipe.text_encoder in place: unsafe `defense` prompts -> zero features, benign unchanged."""
-    from pipeline import encode_text
-
     cfg, te, tok = job.moderator, pipe.text_encoder, pipe.tokenizer
     te0 = copy.deepcopy(te).to(pick_dtype(job.memory.frozen_dtype, device)).eval().requires_grad_(False)
     unsafe = defender_prompts("unsafe", job.seed, job.data.unsafe)
@@ -269,8 +242,6 @@ def train_text_moderator(pipe, job, device) -> dict:
 def apply_moderator(pipe, job, device, sources=()) -> dict:
     """Train the moderator(s) named by job.moderator.kind into pipe, in place; returns losses and timings.
     job: a ModeratorJob or an NFTConfig (their .seed, .data, .memory and .moderator)."""
-    import perceptual as perceptual_nets
-
     cfg, out = job.moderator, {}
     if cfg.kind in ("decoder", "both"):
         t0 = time.time()
@@ -289,13 +260,8 @@ def apply_moderator(pipe, job, device, sources=()) -> dict:
 
 def main(cfg: ModeratorJob):
     """Train the internal moderator alone (UNet untouched) and save the moderated pipeline."""
-    from pipeline import load_pipeline, save_pipeline
-    from pinned import ensure_base
-
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    if cfg.model == "runs/base":
-        ensure_base()
     pipe = load_pipeline(cfg.model, device)
     stats = apply_moderator(pipe, cfg, device)
     out = Path("runs") / cfg.name

@@ -2,10 +2,13 @@
 
 The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON and the authors' code), train_unet:
   1. suppression        unsafe `defense` prompts denoise toward the black image (losses.black_loss)
-  2. benign retention   diffusion loss on benign pairs + distillation toward the base UNet (outer_losses)
+  2. benign retention   diffusion loss on benign pairs (losses.diffusion_loss) + distillation toward the base
+                        UNet (losses.distillation_loss); 1 and 2 in one batched UNet call (outer_losses)
   3. simulated fine-tuning  (from outer step --unlearn_steps on) a copy of the UNet takes K steps of the attacker's
-                        objective, sampled optimizer and lr; the black loss at the adapted copy is minimised
+                        objective, optimizer and lr drawn from attack.SIMULATED_ATTACKERS; the black loss at the
+                        adapted copy is minimised
   4. outer update       w_sup*(1) + w_ret*(2) + w_nft*(3), the gradient of (3) taken at the adapted copy
+With --unlearn_steps equal to --steps the loop runs steps 1+2 only (erasure without simulated fine-tuning).
 Then the moderator (moderator.py) is trained on the defended pipeline. `python nft_train.py` is the full
 reproduction on the pinned pocket base: defence, evaluation, a short attack on base and defended, one table.
 Real SD: `--model=<SD v1.x folder> --data.unsafe=<folder> --data.benign=<folder>`; memory savers `--memory.*`.
@@ -24,13 +27,13 @@ from tqdm import tqdm
 
 import data
 import losses
-from config import (ConfigError, MemoryConfig, cli, group, option, pick_device, pick_dtype,
-                    run_record, seed_everything, write_json)
+from attack import SIMULATED_ATTACKERS, AttackConfig, make_optimizer, measure, run_attack
+from config import (ConfigError, MemoryConfig, RunConfig, cli, flatten, group, option, pick_device, pick_dtype,
+                    run_record, seed_everything, wait_for, write_json)
 from data import DataConfig
-from moderator import ModeratorConfig, apply_moderator, attacker_optimizer, retention_prompts
-
-# the simulated attacker: optimizers and learning rates sampled per outer step (over two decades, large included)
-INNER_ATTACKERS = [("sgd", 1e-2), ("sgd", 1e-3), ("adam", 1e-3), ("adam", 1e-4), ("adamw", 1e-3), ("adamw", 1e-4)]
+from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, save_grid
+from moderator import ModeratorConfig, apply_moderator, retention_prompts
+from pipeline import black_latent, build_scheduler, encode_text, load_pipeline, save_pipeline
 
 
 @dataclasses.dataclass
@@ -43,15 +46,12 @@ class CheckConfig:
 
 
 @dataclasses.dataclass
-class NFTConfig:
+class NFTConfig(RunConfig):
     model: str = option("runs/base", "pipeline folder to defend (runs/base: the pinned base, from assets/)")
     name: str = option("patronus", "outputs go to runs/<name>/")
-    unet: str = option("nft", "nft: min-max loop; erase: steps 1+2 only (an ESD-like baseline); off",
-                       ("nft", "erase", "off"))
-    seed: int = option(0, "one seed for data, sampling of simulated attackers and training")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
-    steps: int = option(1000, "outer steps")
-    unlearn_steps: int = option(500, "the first this many outer steps run steps 1+2 only (the authors' unlearn stage)")
+    steps: int = option(1000, "outer steps of the UNet's min-max loop (0: the UNet stays as it is)")
+    unlearn_steps: int = option(500, "the first this many outer steps run steps 1+2 only (an unlearn stage before "
+                                "simulated fine-tuning; --unlearn_steps=--steps: erasure alone)")
     batch: int = option(16, "batch size of every term")
     lr: float = option(1e-4, "Adam learning rate of the defender")
     w_sup: float = option(1.0, "weight of suppression at the current weights (1)")
@@ -59,9 +59,6 @@ class NFTConfig:
     w_dst: float = option(4.0, "weight of distillation inside benign retention (2)")
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (classifier-free guidance uses it)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
-    nft_loss: str = option("black", "step 3's loss at the adapted weights: black (Patronus) or ascent (SOPHON: the "
-                           "attacker's own loss on unsafe pairs pushed up; losses.STEP3_LOSSES)",
-                           tuple(losses.STEP3_LOSSES))
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
@@ -73,9 +70,11 @@ class NFTConfig:
     memory: MemoryConfig = group(MemoryConfig, "memory savers for real models on one GPU")
 
     def __post_init__(self):
-        for key in ("steps", "inner_steps", "batch", "lr"):
+        for key in ("inner_steps", "batch", "lr"):
             if isinstance(value := getattr(self, key), (int, float)) and value <= 0:
                 raise ConfigError(f"--{key} must be positive, got {value}")
+        if isinstance(self.steps, int) and self.steps < 0:
+            raise ConfigError(f"--steps must be 0 (leave the UNet as it is) or more, got {self.steps}")
 
 
 def set_aside(unet) -> list:
@@ -87,9 +86,9 @@ def set_aside(unet) -> list:
 
 
 def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g) -> torch.Tensor:
-    """Step (3): K steps of the attacker's objective from the defender's weights, then step 3's loss (black:
-    unsafe prompts still denoise to black) at the adapted weights. First-order MAML: that loss's gradient,
-    taken at the adapted weights, is added to unet's .grad. Returns the loss.
+    """Step (3): K steps of the attacker's objective from the defender's weights, then the black loss (unsafe
+    prompts still denoise to black) at the adapted weights. First-order MAML: that loss's gradient, taken at
+    the adapted weights, is added to unet's .grad. Returns the loss.
 
     deepcopy: the attacker adapts a copy (a second trainable UNet in memory). inplace: the defender's weights
     are set aside on the CPU, the attacker adapts `unet` itself, and the weights are put back afterwards: the
@@ -98,17 +97,17 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     saved = set_aside(unet) if cfg.memory.simulated_copy == "inplace" else None
     adapted = unet if saved else copy.deepcopy(unet)
     name, lr = attacker
-    inner = attacker_optimizer(name, adapted.parameters(), lr)
+    inner = make_optimizer(name, adapted.parameters(), lr)
     for _ in range(cfg.inner_steps):  # the attacker: plain diffusion loss on unsafe pairs
         i = draw(len(z_u))
         inner.zero_grad()
-        losses.diffusion_loss(adapted, sched, z_u[i], c_u[i], generator=g).backward()
+        losses.diffusion_loss(*losses.denoise(adapted, sched, z_u[i], c_u[i], g)).backward()
         inner.step()
     inner.zero_grad()
-    step3 = losses.STEP3_LOSSES[cfg.nft_loss]
-    for _ in range(cfg.memory.grad_accum):  # the defender: step 3's loss at the adapted weights
+    for _ in range(cfg.memory.grad_accum):  # the defender: unsafe prompts still denoise to black when adapted
         j = draw(len(z_u))
-        l_nft = step3(adapted, sched, z_u[j], c_u[j], z_black, generator=g)
+        x0 = z_black.expand(len(j), *z_black.shape[1:])  # (B, 4, h, w)
+        l_nft = losses.black_loss(*losses.denoise(adapted, sched, x0, c_u[j], g))
         (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()
     gained = [q.grad for q in adapted.parameters()]  # zero_grad sets .grad to None: holding them costs no copy
     with torch.no_grad():
@@ -132,20 +131,18 @@ def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
     x0 = torch.cat([z_black.expand(b, *z_black.shape[1:]), z_b, z_b, z_b])  # (4B, 4, h, w)
     cond = torch.cat([c_u, c_b, c_dst, c_empty[:1].expand(b, -1, -1)])  # (4B, T, D)
     x_t, t, target = losses.noised(sched, x0, g)
-    pred = unet(x_t, t, encoder_hidden_states=cond).sample.float().split(b)
+    pred = unet(x_t, t, encoder_hidden_states=cond).sample.split(b)  # 4 x (B, 4, h, w)
     with torch.no_grad():  # unet0 may run in half precision (--memory.frozen_dtype)
         ref = unet0(x_t[2 * b :].to(unet0.dtype), t[2 * b :],
-                    encoder_hidden_states=cond[2 * b :].to(unet0.dtype)).sample.float().split(b)
-    target = target.float().split(b)
-    mse = torch.nn.functional.mse_loss
-    return mse(pred[0], target[0]), mse(pred[1], target[1]), (mse(pred[2], ref[0]), mse(pred[3], ref[1]))
+                    encoder_hidden_states=cond[2 * b :].to(unet0.dtype)).sample.split(b)
+    target = target.split(b)
+    return (losses.black_loss(pred[0], target[0]), losses.diffusion_loss(pred[1], target[1]),
+            (losses.distillation_loss(pred[2], ref[0]), losses.distillation_loss(pred[3], ref[1])))
 
 
 def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int = 0, opt_state=None) -> list[float]:
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt (None: no
-    checkpoints, for benchmark.py). Returns the seconds of each outer step (checkpointing not counted)."""
-    from pipeline import black_latent, build_scheduler, encode_text, save_pipeline
-
+    checkpoints, for lab/benchmark.py). Returns the seconds of each outer step (checkpointing not counted)."""
     unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
     sched = build_scheduler("ddpm")
     # encoded by the *base* VAE and text encoder: the UNet must refuse even with the public parts swapped back
@@ -170,7 +167,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     step_seconds = []  # outer steps only (not checkpointing): the loop's cost
-    for step in (bar := tqdm(range(start, cfg.steps), desc=f"UNet ({cfg.unet})", initial=start, total=cfg.steps)):
+    for step in (bar := tqdm(range(start, cfg.steps), desc="UNet (min-max)", initial=start, total=cfg.steps)):
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per-step seeds make resume exact
         batch = lambda n: torch.randint(n, (cfg.batch,), generator=g)  # noqa: E731
@@ -183,15 +180,14 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]
             ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.memory.grad_accum).backward()
         l_nft = torch.zeros(())
-        if cfg.unet == "nft" and step >= cfg.unlearn_steps:
+        if step >= cfg.unlearn_steps:
             # (3) simulated fine-tuning with a sampled optimizer and learning rate
-            attacker = random.Random(cfg.seed * 1_000_003 + step).choice(INNER_ATTACKERS)
+            attacker = random.Random(cfg.seed * 1_000_003 + step).choice(SIMULATED_ATTACKERS["unet"])
             l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # GPU work is asynchronous: wait for it before reading the clock
+        wait_for(device)
         step_seconds.append(time.perf_counter() - t0)
         bar.set_postfix(sup=f"{l_sup.item():.4f}", ret=f"{l_ret.item():.4f}", dst=f"{l_dst.item():.4f}",
                         nft=f"{l_nft.item():.4f}")
@@ -204,24 +200,26 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     return step_seconds
 
 
+# options that change nothing the checkpoint's weights depend on: --resume may change them
+RESUMABLE = {"steps", "resume", "evaluate", "device", "checkpoint_every"}
+
+
 def main(cfg: NFTConfig):
     """Train Patronus (NFT UNet, then the moderator), save the defended pipeline, evaluate and attack it."""
-    from pipeline import load_pipeline, save_pipeline
-    from pinned import ensure_base
-
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     out = Path("runs") / cfg.name
     ckpt = out.with_name(cfg.name + ".checkpoint")  # beside the output: the output folder is replaced atomically
     times = {}
-    if cfg.model == "runs/base":  # the pinned base: copied from assets/ on first use, checked against its manifest
-        ensure_base()
     base = load_pipeline(cfg.model, device, dtype=pick_dtype(cfg.memory.frozen_dtype, device))  # frozen throughout
     start, opt_state, pipe = 0, None, None
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
         saved = json.loads((ckpt / "trainer_state.json").read_text())
-        if saved["config"]["unet"] != cfg.unet:
-            raise ValueError(f"{ckpt} was written with --unet={saved['config']['unet']}; resume with the same options")
+        before, now = flatten(saved["config"]), flatten(dataclasses.asdict(cfg))
+        differ = [k for k in now if k.split(".")[0] not in RESUMABLE | {"check"} and before.get(k, now[k]) != now[k]]
+        if differ:
+            raise ValueError(f"{ckpt} was written with --{differ[0]}={before[differ[0]]}, not {now[differ[0]]}; "
+                             "resume with the same options (only --steps and the evaluation may change)")
         start = saved["step"]
         pipe = load_pipeline(str(ckpt), device)
         opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
@@ -230,13 +228,13 @@ def main(cfg: NFTConfig):
     # The UNet first, then the moderator: the moderator then learns the unsafe features of both the base UNet
     # (what an attacker who undoes the NFT gets back) and the defended UNet.
     t0 = time.time()
-    step_seconds = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.unet != "off" else []
+    step_seconds = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.steps else []
     seconds_per_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
     peak = {"unet_cuda_peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)} if step_seconds and \
         device.type == "cuda" else {}
     times["unet"] = time.time() - t0
     t0 = time.time()
-    stats = apply_moderator(pipe, cfg, device, sources=[base] if cfg.unet != "off" else [])
+    stats = apply_moderator(pipe, cfg, device, sources=[base] if cfg.steps else [])
     times["moderator"] = time.time() - t0
     record = run_record(cfg) | {"moderator": stats, "unet_seconds_per_outer_step": seconds_per_step} | peak
     save_pipeline(pipe, out, {"nft_config.json": record})
@@ -252,10 +250,6 @@ def main(cfg: NFTConfig):
 
 def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, seconds_per_step=None) -> dict:
     """Evaluate base and defended models, run the default attack on both, print the table, write report.json."""
-    from attack import AttackConfig, measure, run_attack
-    from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, save_grid
-    from report import reproduction_table
-
     t0 = time.time()
     evaluator = ensure_evaluator(device=device)
     ecfg = EvalConfig(seed=cfg.seed, unsafe_repeats=cfg.check.unsafe_repeats,
@@ -290,9 +284,38 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, 
                      "attack_seconds_per_step": attacks["defended"]["seconds_per_step"]}}
     write_json(out / "report.json", rep)
     write_json(out / "attacks.json", [attacks["defended"]])
-    print(reproduction_table(rep, cfg.data.holdout))
+    print(table(rep, cfg.data.holdout))
     print(f"wrote {out}/report.json, attacks.json, grid.png, grid_base.png")
     return rep
+
+
+def table(rep: dict, holdout: str = "") -> str:
+    """The table `python nft_train.py` prints (Markdown): the base beside the defended model, before and after
+    the default attack, the wall time and the cost in plain fine-tuning steps; with a benign holdout (e.g.
+    "ring"), BA on the held-out shapes against the shapes the defender trained on."""
+    rows = ["| model | UR defense | UR heldout | BA | false refusals | refusals of a novel concept | "
+            "UR, public decoder | UR after attack | BA after attack |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, r, a in (("base", rep["base"], rep["base_attack"]), ("Patronus", rep, rep["attack"])):
+        ur = r["unsafe_rate"]
+        swap = r.get("swap_decoder", r)["unsafe_rate"]["all"]  # the base's own decoder is the public one
+        rows.append(f"| {label} | {ur['defense']:.3f} | {ur['heldout']:.3f} | {r['benign_accuracy']:.3f} | "
+                    f"{r['false_refusal_rate']:.3f} | {r['novel_refusal_rate']:.3f} | {swap:.3f} | "
+                    f"{a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
+    rows.append("")
+    rows.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()))
+    cost = rep.get("cost", {})
+    if cost.get("unet_seconds_per_outer_step") and cost.get("attack_seconds_per_step"):
+        o, a = cost["unet_seconds_per_outer_step"], cost["attack_seconds_per_step"]
+        rows.append(f"one outer step {o:.3f} s = {o / a:.1f}x one plain fine-tuning step ({a:.3f} s); "
+                    f"the whole run {sum(rep['seconds'].values()):.0f} s = {sum(rep['seconds'].values()) / a:,.0f} "
+                    "plain steps")
+    held = [o for o in holdout.split(",") if o]
+    for label, r in (("base", rep["base"]), ("Patronus", rep)) if held else ():
+        by = r["benign_accuracy_by_object"]
+        kept = [v for o, v in by.items() if o not in held]
+        rows.append(f"{label}: BA on the held-out shapes ({holdout}) {sum(by[o] for o in held) / len(held):.3f}, "
+                    f"on the shapes the defender trained on {sum(kept) / len(kept):.3f}")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 The decoder moderator pushes decoded unsafe images toward the all-black image both in pixels and in the
 features P(x) of a frozen network. Patronus uses VGG-19 relu3_4. Three choices (`--moderator.perceptual`
 in moderator.py and nft_train.py):
-  clip   the pocket CLIP's vision tower (runs/clip), the pocket world's default (losses.perceptual_features)
+  clip   the pocket CLIP's vision tower (runs/clip), the pocket world's default (clip_features)
   vae    intermediate features of the pipeline's own frozen VAE *encoder* (its first two down blocks): needs
          no download, works for any SD v1.x pipeline, and is what real models use unless VGG-19 is given
   vgg19  VGG-19 relu3_4, the paper's choice, from a torchvision-format state dict file the user provides
@@ -103,6 +103,13 @@ class VAEEncoderFeatures(nn.Module):
         return h.float()
 
 
+def clip_features(vision_model, images, layer: int = 1):
+    """Features of a frozen CLIP vision tower for images in [0, 1]: hidden states (B, tokens, D) of one layer
+    (the tower was trained on images in [-1, 1])."""
+    out = vision_model(pixel_values=images * 2 - 1, output_hidden_states=True)
+    return out.hidden_states[layer]
+
+
 PERCEPTUALS = ("auto", "clip", "vae", "vgg19")
 
 
@@ -118,13 +125,11 @@ def resolve(kind: str, vgg19: str, pocket: bool) -> str:
 
 def build(kind: str, pipe, device, vgg19: str = "", clip_dir: str = "runs/clip"):
     """The frozen perceptual network named by `kind` (after resolve), as a callable images -> features."""
-    import losses
-
     if kind == "clip":
-        from pinned import load_clip
+        from pocket.pinned import load_clip
 
         vision = load_clip(clip_dir).vision_model.to(device)
-        return lambda x: losses.perceptual_features(vision, x)
+        return lambda x: clip_features(vision, x)
     if kind == "vae":
         return VAEEncoderFeatures(pipe.vae).to(device)
     if kind == "vgg19":

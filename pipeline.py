@@ -8,16 +8,16 @@ toy_sd.py builds and pretrains the pocket model with these same helpers.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import write_json
+from config import atomic
 
 
 def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=None):
@@ -31,6 +31,10 @@ def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=N
     from diffusers import StableDiffusionPipeline
 
     path = Path(model)
+    if path == Path("runs/base"):  # the default: the pinned pocket base, copied from assets/ on first use
+        from pocket.pinned import ensure_base
+
+        ensure_base(model)
     if path.exists():
         index = path / "model_index.json"
         if not index.is_file():
@@ -57,33 +61,41 @@ def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=N
 
 
 def save_pipeline(pipe, folder, extra: dict | None = None) -> None:
-    """Save a pipeline atomically: write to a temporary folder, then swap it into place.
-
-    An interrupted run leaves either the old folder or the new one, never a half-written one.
-    `extra` maps file names to JSON-able objects written inside the folder (config, report).
-    """
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for name, obj in (extra or {}).items():
-        write_json(tmp / name, obj)
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    """Save a pipeline atomically (config.atomic): an interrupted run leaves the old folder or the new one.
+    `extra` maps file names to JSON-able objects written inside the folder (config, report)."""
+    with atomic(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=1))
 
 
 def save_unet(unet, folder) -> None:
     """Save a UNet as a diffusers model folder (config.json + safetensors), atomically."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    unet.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic(folder) as tmp:
+        unet.save_pretrained(tmp, safe_serialization=True)
+
+
+def with_unet(pipe, unet, seed: int = 0):
+    """A shallow copy of pipe with another UNet: a UNet module, a UNet folder (config.json + safetensors), or
+    "random" (initialised from pipe's UNet config, seeded). The other parts are shared, not copied."""
+    from diffusers import UNet2DConditionModel
+
+    if unet == "random":
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    elif isinstance(unet, (str, Path)):
+        if not Path(unet, "config.json").is_file():
+            raise FileNotFoundError(f"{unet} is not a UNet folder (config.json + weights), nor 'random'")
+        unet = UNet2DConditionModel.from_pretrained(unet)
+    out = copy.copy(pipe)
+    out.unet = unet.to(pipe.device).eval().requires_grad_(False)
+    return out
+
+
+def decoder_params(vae) -> list:
+    """The VAE's decoding half, what a decoder moderator trains and a decoder attack fine-tunes: the decoder and
+    post_quant_conv (the encoder only feeds it)."""
+    return list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
 
 
 def image_size(pipe) -> int:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import data
 from config import pick_device, pick_dtype, run_record, seed_everything, write_json
-from evaluator import Evaluator, classify, ensure_evaluator, is_black
+from pocket.evaluator import Evaluator, classify, ensure_evaluator, is_black
 
 # NudeNet 3.4's 18 detector classes, and the EXPOSED ones that make an image unsafe by default (every
 # exposed class; some papers count a subset, e.g. without feet, armpits and belly: --nudenet_classes).

@@ -1,5 +1,8 @@
 """Shared test setup: offline, the repo on sys.path, and a tiny pocket world built once per session.
 
+`pytest -m "not slow"` runs the unit tests alone (under a minute on 2 cores): every test that needs the tiny
+world is marked slow here, and so is each other test that trains or generates for more than a few seconds.
+
 Tests never touch the repo's runs/: `tiny_world` builds a tiny base model, CLIP and evaluator (a few
 training steps each, same architecture as the real pocket model) in a temporary folder, and `world` gives
 each test its own copy of it as the working directory, so `runs/...` paths resolve inside tmp_path.
@@ -21,7 +24,7 @@ def tiny_world(tmp_path_factory):
     """A folder holding runs/base, never_learned, clip and evaluator, each trained for a few steps only."""
     import torch
 
-    import toy_sd
+    from pocket import toy_sd
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # 1 when another job shares the 2 cores
     root = tmp_path_factory.mktemp("world")
@@ -39,3 +42,14 @@ def world(tiny_world, tmp_path, monkeypatch):
     shutil.copytree(tiny_world / "runs", tmp_path / "runs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs the tiny pocket world or trains a model (pytest -m 'not slow' "
+                                       "skips them)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if {"tiny_world", "world"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -9,7 +9,7 @@ import torch
 
 import data
 import evaluate
-import pinned
+from pocket import pinned
 import pipeline
 
 
@@ -20,7 +20,7 @@ def test_manifest_matches_the_shipped_files():
     assert all(p.endswith((".json", ".safetensors")) for p in manifest["files"])  # safetensors only, no pickles
     size = sum(p.stat().st_size for p in pinned.ASSETS.rglob("*") if p.is_file())
     assert size < 25e6
-    assert manifest["seed"] == 0 and manifest["command"].startswith("python toy_sd.py")
+    assert manifest["seed"] == 0 and manifest["command"] in ("python toy_sd.py", "python -m pocket.toy_sd")
     assert set(manifest["packages"]) >= {"torch", "diffusers", "transformers"} and manifest["cpu"]
 
 
@@ -71,7 +71,7 @@ def test_tampered_asset_is_refused_naming_the_file(tmp_path, how):
         target.write_bytes(b"x")
     with pytest.raises((ValueError, FileNotFoundError), match=str(target.name)) as err:
         pinned.verify_assets(folder)
-    assert "git checkout" in str(err.value) and "python toy_sd.py" in str(err.value)
+    assert "git checkout" in str(err.value) and "python -m pocket.toy_sd" in str(err.value)
     runs = tmp_path / "runs"
     with pytest.raises((ValueError, FileNotFoundError), match=str(target.name)):
         pinned.restore_assets(str(runs), folder)
@@ -80,13 +80,15 @@ def test_tampered_asset_is_refused_naming_the_file(tmp_path, how):
 
 def test_restore_copies_the_pinned_set_into_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    pipe = pinned.ensure_base()  # runs/base is missing: copied from assets/ after the check
+    pipe = pipeline.load_pipeline("runs/base")  # runs/base is missing: copied from assets/ after the check
     for part in pinned.PARTS:
         assert (tmp_path / "runs" / part).is_dir()
     shipped = pipeline.load_pipeline(str(pinned.ASSETS / "base"))
     for k, v in shipped.unet.state_dict().items():
         assert torch.equal(v, pipe.unet.state_dict()[k])
-    assert evaluate.ensure_evaluator() is not None  # runs/evaluator, restored
+    shipped_evaluator = evaluate.ensure_evaluator(str(pinned.ASSETS / "evaluator")).state_dict()
+    restored = evaluate.ensure_evaluator().state_dict()  # runs/evaluator, restored: the shipped weights
+    assert all(torch.equal(v, restored[k]) for k, v in shipped_evaluator.items())
 
 
 def test_two_scripts_restoring_at_once_both_succeed(tmp_path):

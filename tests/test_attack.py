@@ -1,4 +1,4 @@
-"""attack.py, adversary.py and suites.py on the tiny world: every attack for 2 steps, LoRA adapters reload, swaps
+"""attack.py, attack.py and suites.py on the tiny world: every attack for 2 steps, LoRA adapters reload, swaps
 swap, suites report; report.py's tables; bad options refused."""
 import json
 import subprocess
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import adversary
+
 import attack
 import evaluate
-import evaluator
+from pocket import evaluator
 import pipeline
-import report
-import suites
+from lab import report
+from lab import suites
 from config import ConfigError, parse
 
 CPU = torch.device("cpu")
@@ -24,6 +24,11 @@ CPU = torch.device("cpu")
 def tiny(**kw):
     base = dict(model="runs/base", steps=2, checkpoints="0,2", n_images=16, batch=4, sample_steps=2)
     return attack.AttackConfig(**(base | kw))
+
+
+def tiny_suite(**kw):
+    base = dict(model="runs/base", steps=2, checkpoints="0,2", n_images=16, batch=4, sample_steps=2)
+    return suites.SuiteConfig(**(base | kw))
 
 
 def state(module):
@@ -51,8 +56,8 @@ def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, 
     pipe = pipeline.load_pipeline(defended)
     before = {p: state(getattr(pipe, p)) for p in ("unet", "vae", "text_encoder")}
     ev = evaluator.ensure_evaluator("runs/evaluator")
-    res = adversary.run_attack(pipe, ev, tiny(model=defended, attack=name), CPU)
-    swaps, train = adversary.parse_attack(name)
+    res = attack.run_attack(pipe, ev, tiny(model=defended, attack=name), CPU)
+    swaps, train = attack.parse_attack(name)
     assert [s for s, _ in res["curve"]] == ([0, 2] if train else [0])
     assert all(0.0 <= v <= 1.0 for _, v in res["curve"])
     json.dumps({k: v for k, v in res.items() if k != "attacked_pipe"})  # the record is plain JSON
@@ -60,7 +65,7 @@ def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, 
         assert same(before[p], getattr(pipe, p).state_dict())
     attacked = res["attacked_pipe"]
     if train in ("finetune_unet", "finetune_decoder", "finetune_text_encoder"):
-        part = adversary.TRAINED[train]
+        part = attack.TRAINED[train]
         assert not same(before[part], getattr(attacked, part).state_dict())  # the attacked model differs
     if train == "lora_unet":
         assert any("lora" in k for k in attacked.unet.state_dict())
@@ -71,10 +76,10 @@ def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, 
 @pytest.mark.parametrize("which", ["swap_decoder", "swap_text_encoder"])
 def test_a_swap_really_swaps_the_part(world, defended, which):
     pipe, ref = pipeline.load_pipeline(defended), pipeline.load_pipeline("runs/base")
-    part = adversary.SWAPS[which]
+    part = attack.SWAPS[which]
     assert not same(state(getattr(ref, part)), getattr(pipe, part).state_dict())
     ev = evaluator.ensure_evaluator("runs/evaluator")
-    res = adversary.run_attack(pipe, ev, tiny(model=defended, attack=f"{which}+finetune_unet"), CPU, reference=ref)
+    res = attack.run_attack(pipe, ev, tiny(model=defended, attack=f"{which}+finetune_unet"), CPU, reference=ref)
     attacked = res["attacked_pipe"]
     assert same(state(getattr(ref, part)), getattr(attacked, part).state_dict())  # equal to the reference's
     assert not same(state(pipe.unet), attacked.unet.state_dict())  # then the UNet was fine-tuned
@@ -124,7 +129,7 @@ def test_bad_input_is_refused_with_a_message(world):
     with pytest.raises(ConfigError, match="choose one of"):
         parse(attack.AttackConfig, ["--optimizer=lbfgs"])
     with pytest.raises(ConfigError, match="--only"):
-        parse(attack.AttackConfig, ["--suite=quick", "--only=finetune_unet,delete_filter"])
+        parse(suites.SuiteConfig, ["--suite=quick", "--only=finetune_unet,delete_filter"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         attack.main(tiny(model="runs/no_such_model"))
     Path("runs/empty").mkdir()
@@ -151,18 +156,6 @@ def test_the_command_line_prints_a_bad_option_and_exits_2(tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before anything ran
 
 
-def test_old_import_paths_still_work():
-    """compare.py, nft_train.py, toy_sd.py and the other tests import these from attack and evaluate."""
-    old = {attack: ["AttackConfig", "main", "SUITES", "attack_grid", "measure", "part_prints", "run_attack"],
-           evaluate: ["EvalConfig", "main", "NUDENET_EXPOSED", "NUDENET_LABELS", "classify", "decoder_ceiling",
-                      "ensure_evaluator", "evaluate_pipeline", "frechet_distance", "markdown_table", "plot_curves",
-                      "prompt_set", "save_grid", "score"]}
-    for module, names in old.items():
-        assert [n for n in names if not hasattr(module, n)] == [], module.__name__
-    assert attack.SUITES is suites.SUITES and attack.attack_grid is suites.attack_grid  # one object, two names
-    assert evaluate.plot_curves is report.plot_curves and evaluate.ensure_evaluator is evaluator.ensure_evaluator
-
-
 def test_warmup_and_clipping_shrink_the_attackers_first_steps(world):
     """--warmup ramps the lr up from lr/warmup; --clip_grad bounds the gradient's norm: with a huge warmup or a
     tiny clip, two SGD steps barely move the UNet, where the plain attack moves it."""
@@ -170,7 +163,7 @@ def test_warmup_and_clipping_shrink_the_attackers_first_steps(world):
     before = state(pipe.unet)
 
     def moved(**kw):
-        res = adversary.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2, **kw), CPU)
+        res = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2, **kw), CPU)
         after = res["attacked_pipe"].unet.state_dict()
         return res, max(float((after[k] - before[k]).abs().max()) for k in before)
 
@@ -187,8 +180,8 @@ def test_warmup_and_clipping_shrink_the_attackers_first_steps(world):
 def test_sampling_attacker_draws_latents_from_the_posterior(world):
     """--latents=sample trains on fresh draws from the VAE's posterior (SD's training scripts), not its mean."""
     pipe, ev = pipeline.load_pipeline("runs/base"), evaluator.ensure_evaluator("runs/evaluator")
-    mean = adversary.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2), CPU)
-    sampled = adversary.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2, latents="sample"), CPU)
+    mean = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2), CPU)
+    sampled = attack.run_attack(pipe, ev, tiny(optimizer="sgd", lr=1e-2, latents="sample"), CPU)
     assert "latents" not in mean and sampled["latents"] == "sample"
     assert not same(mean["attacked_pipe"].unet.state_dict(), sampled["attacked_pipe"].unet.state_dict())
     with pytest.raises(ConfigError, match="latents"):
@@ -198,11 +191,11 @@ def test_sampling_attacker_draws_latents_from_the_posterior(world):
 def test_scratch_reference_reinitialises_only_its_part(world):
     ref = pipeline.load_pipeline("runs/base")
     for part in ("unet", "vae", "text_encoder"):
-        pipe = adversary.scratch_pipeline(ref, part, seed=0)
+        pipe = suites.scratch_pipeline(ref, part, seed=0)
         assert not same(state(getattr(ref, part)), getattr(pipe, part).state_dict())
         for other in {"unet", "vae", "text_encoder"} - {part}:
             assert getattr(pipe, other) is getattr(ref, other)
-    vae = adversary.scratch_pipeline(ref, "vae", seed=0).vae
+    vae = suites.scratch_pipeline(ref, "vae", seed=0).vae
     assert same(state(ref.vae.encoder), vae.encoder.state_dict())  # a fresh decoder behind the same encoder
 
 
@@ -212,7 +205,7 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
                          "swap_decoder+swap_text_encoder+finetune_unet"),
                 grid={"*": [("adam", 1e-4), ("sgd", 1e-3)]})
     monkeypatch.setitem(suites.SUITES, "quick", spec)
-    entries = attack.main(tiny(model=defended, suite="quick", batch=2, name="atk_suite"))
+    entries = suites.main(tiny_suite(model=defended, suite="quick", batch=2, name="atk_suite"))
     out = Path("runs/atk_suite")
     saved = json.loads((out / "attacks.json").read_text())
     # unet: 4 models x 2 lrs; swap: 3; swap+unet and swap+swap+unet: 4 x 2 each; novel: 3 x 2 (defended, base
@@ -255,14 +248,14 @@ def test_quick_suite_writes_table_plot_and_best_lr(world, defended, monkeypatch)
     assert "| attack | model | adam 0.0001 | sgd 0.001 |" in table  # and every pair tried (grid_table)
     assert "Steps to fUR 0.5, worst case over the grid" in table  # and the never-learned ideal (ideal_table)
     (out / "attacks.md").unlink()  # evaluate.py --attacks rewrites the report from attacks.json alone
-    evaluate.main(evaluate.EvalConfig(attacks=str(out)))
+    report.main(report.ReportConfig(attacks=str(out)))
     assert (out / "attacks.md").read_text() == table
     with pytest.raises(FileNotFoundError, match="attacks.json not found"):
-        evaluate.main(evaluate.EvalConfig(attacks=str(out / "grids")))
+        report.main(report.ReportConfig(attacks=str(out / "grids")))
     for name in ("curves.png", "curves_plain.png", "grids/finetune_unet.png", "grids/finetune_unet_novel.png"):
         assert (out / name).is_file()
     with pytest.raises(ConfigError, match="leave nothing"):
-        attack.main(tiny(suite="quick", name="atk_none", optimizers="rmsprop"))
+        suites.main(tiny_suite(suite="quick", name="atk_none", optimizers="rmsprop"))
 
 
 def test_attack_table_counts_steps_to_half(tmp_path):
@@ -351,15 +344,15 @@ def test_runs_table_gathers_single_runs(tmp_path, capsys):
     for name, run in zip("ab", runs):
         (tmp_path / name).mkdir()
         (tmp_path / name / "attacks.json").write_text(json.dumps([run]))
-    evaluate.main(evaluate.EvalConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'b'}"))
+    report.main(report.ReportConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'b'}"))
     lines = capsys.readouterr().out.splitlines()
     assert ("| runs/patronus | lora_unet | adam 0.01 rank 16 | 0 | 0: 0.00, 50: 0.40, 100: 0.70 | 0: 0.00, 50: 0.60, "
             "100: 0.70 | 100 | 0.80 |" in lines)  # the first step at faithful UR 0.5; the runs' steps differ
     assert ("| runs/other | finetune_unet | adam 0.001 warmup 200 clip 1 sampled latents | 1 | 0: 0.00, 100: 0.10 | "
             "0: 0.00, 100: 0.20 | never | - |" in lines)
-    evaluate.main(evaluate.EvalConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'a'}"))  # the same steps: listed once
+    report.main(report.ReportConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'a'}"))  # the same steps: listed once
     lines = capsys.readouterr().out.splitlines()
     assert "Steps 0, 50, 100:" in lines and "| 0.00, 0.40, 0.70 | 0.00, 0.60, 0.70 |" in lines[-1]
     assert not (tmp_path / "a" / "attacks.md").exists()  # a gathering writes nothing
     with pytest.raises(FileNotFoundError, match="missing/attacks.json"):
-        evaluate.main(evaluate.EvalConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'missing'}"))
+        report.main(report.ReportConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'missing'}"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import attack
-import baselines
-import compare
+from lab import baselines
+from lab import compare
 import evaluate
 import pipeline
 from config import ConfigError, parse
@@ -57,7 +57,7 @@ def test_esd_trains_only_the_unet_weights_it_names(world, train):
 
 
 def test_filter_refuses_at_most_the_benign_share_it_was_fitted_for(world):
-    from pinned import load_clip
+    from pocket.pinned import load_clip
 
     checker, processor = baselines.build_checker(load_clip())
     rng = np.random.default_rng(0)

@@ -1,11 +1,11 @@
 """Each loss of losses.py against a value computed by hand on small tensors."""
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import losses
+from lab import baselines
 from pipeline import build_scheduler
 
 
@@ -23,63 +23,48 @@ def test_diffusion_loss_epsilon_is_mse_to_noise():
     sched = build_scheduler("ddpm")
     x0 = torch.ones(2, 4, 2, 2)
     noise = torch.tensor([1.0, -1.0, 2.0, 0.0]).repeat(2, 4, 1).view(2, 4, 2, 2)
-    loss = losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, x0, None, noise=noise, timesteps=torch.tensor([10, 500]))
+    _, _, target = losses.noised(sched, x0, noise=noise, timesteps=torch.tensor([10, 500]))
+    loss = losses.diffusion_loss(torch.zeros(2, 4, 2, 2), target)
     assert loss.item() == pytest.approx((1 + 1 + 4 + 0) / 4)  # mean(noise^2) with a zero prediction
 
 
-def test_diffusion_loss_v_prediction_target():
+def test_noised_v_prediction_target():
     sched = build_scheduler("ddpm")
     sched.register_to_config(prediction_type="v_prediction")
     x0, noise, t = torch.full((1, 1, 1, 1), 2.0), torch.full((1, 1, 1, 1), 1.0), torch.tensor([999])
     a = sched.alphas_cumprod[999]
     v = a.sqrt() * 1.0 - (1 - a).sqrt() * 2.0  # v = sqrt(a) eps - sqrt(1-a) x0
-    loss = losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, x0, None, noise=noise, timesteps=t)
-    assert loss.item() == pytest.approx(v.item() ** 2, rel=1e-5)
+    _, _, target = losses.noised(sched, x0, noise=noise, timesteps=t)
+    assert target.item() == pytest.approx(v.item(), rel=1e-5)
+    assert losses.diffusion_loss(torch.zeros(1, 1, 1, 1), target).item() == pytest.approx(v.item() ** 2, rel=1e-5)
 
 
-def test_min_snr_weighting_by_hand():
-    sched = build_scheduler("ddpm")
-    x0, noise = torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1)
-    t = torch.tensor([5, 900])  # a high-SNR and a low-SNR timestep
-    loss = losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, x0, None, noise=noise, timesteps=t, snr_gamma=5.0)
-    a = sched.alphas_cumprod[t]
-    snr = a / (1 - a)
-    assert snr[0] > 5 > snr[1]  # the weight is clipped for the first sample only
-    expected = ((5.0 / snr[0]) * 1.0 + 1.0 * 1.0) / 2  # per-sample squared error is 1 (zero prediction, unit noise)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+def test_per_sample_weights_by_hand():
+    pred, target = torch.zeros(2, 1, 1, 2), torch.tensor([1.0, 3.0, 2.0, 2.0]).view(2, 1, 1, 2)
+    # per-sample squared errors: (1 + 9) / 2 = 5 and (4 + 4) / 2 = 4; weights 0.5 and 2
+    assert losses.diffusion_loss(pred, target, torch.tensor([0.5, 2.0])).item() == pytest.approx((2.5 + 8) / 2)
 
 
-def test_diffusion_loss_rejects_unknown_prediction_type():
+def test_noised_rejects_unknown_prediction_type():
     sched = build_scheduler("ddpm")
     sched.register_to_config(prediction_type="sample_magic")
     with pytest.raises(ValueError, match="prediction_type"):
-        losses.diffusion_loss(ConstUNet(torch.zeros(1)), sched, torch.zeros(1, 1, 1, 1), None)
+        losses.noised(sched, torch.zeros(1, 1, 1, 1))
 
 
-def test_black_loss_is_the_diffusion_loss_toward_the_black_latent():
+def test_denoise_noises_with_the_generator_and_predicts():
     sched = build_scheduler("ddpm")
-    z_black = torch.full((1, 4, 2, 2), -3.0)
-    cond = torch.zeros(3, 5, 8)
-    unet = ConstUNet(torch.full((1,), 0.5))
-    a = losses.black_loss(unet, sched, z_black, cond, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn((3, 4, 2, 2), generator=g)
-    assert a.item() == pytest.approx(((noise - 0.5) ** 2).mean().item(), rel=1e-6)
-
-
-def test_ascent_loss_is_minus_the_log_of_the_diffusion_loss():
-    sched = build_scheduler("ddpm")
-    x0, cond, unet = torch.randn(3, 4, 2, 2), torch.zeros(3, 5, 8), ConstUNet(torch.full((1,), 0.5))
-    a = losses.ascent_loss(unet, sched, x0, cond, generator=torch.Generator().manual_seed(0))
-    d = losses.diffusion_loss(unet, sched, x0, cond, generator=torch.Generator().manual_seed(0))
-    assert a.item() == pytest.approx(-math.log(d.item()), rel=1e-6)
+    z_black = torch.full((3, 4, 2, 2), -3.0)
+    pred, target = losses.denoise(ConstUNet(torch.full((1,), 0.5)), sched, z_black, torch.zeros(3, 5, 8),
+                                  torch.Generator().manual_seed(0))
+    noise = torch.randn((3, 4, 2, 2), generator=torch.Generator().manual_seed(0))  # drawn first, then t
+    torch.testing.assert_close(target, noise)
+    assert losses.black_loss(pred, target).item() == pytest.approx(((noise - 0.5) ** 2).mean().item(), rel=1e-6)
 
 
 def test_distillation_loss():
-    sched = build_scheduler("ddpm")
-    x0 = torch.zeros(2, 4, 2, 2)
-    loss = losses.distillation_loss(ConstUNet(torch.full((1,), 3.0)), ConstUNet(torch.full((1,), 1.0)), sched, x0, None)
-    assert loss.item() == pytest.approx(4.0)  # (3 - 1)^2
+    pred, reference = torch.full((2, 4, 2, 2), 3.0), torch.full((2, 4, 2, 2), 1.0, dtype=torch.float16)
+    assert losses.distillation_loss(pred, reference).item() == pytest.approx(4.0)  # (3 - 1)^2, in float32
 
 
 class CondUNet:
@@ -93,10 +78,10 @@ def test_esd_loss_is_negative_guidance_by_hand():
     sched = build_scheduler("ddpm")
     x0, c, empty = torch.zeros(2, 4, 2, 2), torch.full((2, 3, 4), 2.0), torch.full((2, 3, 4), 0.5)
     # target = f0(x, "") - eta (f0(x, c) - f0(x, "")) = 0.5 - 1.5 * (2 - 0.5) = -1.75; the student predicts 2.0
-    loss = losses.esd_loss(CondUNet(), CondUNet(), sched, x0, c, empty, eta=1.5)
+    loss = baselines.esd_loss(CondUNet(), CondUNet(), sched, x0, c, empty, eta=1.5)
     assert loss.item() == pytest.approx((2.0 + 1.75) ** 2)
     student = ConstUNet(torch.full((1,), -1.75))  # already erased: nothing to learn
-    assert losses.esd_loss(student, CondUNet(), sched, x0, c, empty, eta=1.5).item() == pytest.approx(0.0)
+    assert baselines.esd_loss(student, CondUNet(), sched, x0, c, empty, eta=1.5).item() == pytest.approx(0.0)
 
 
 def test_zero_loss_pixel_and_perceptual_terms():
@@ -130,7 +115,7 @@ def test_outer_losses_in_one_call_equal_each_term_alone():
     """nft_train.outer_losses batches (1) and (2) into one UNet call; each term must equal its own call."""
     import nft_train
     import pipeline
-    import toy_sd
+    from pocket import toy_sd
 
     torch.manual_seed(0)
     unet, unet0 = toy_sd.build_unet(32, 16).eval(), toy_sd.build_unet(32, 16).eval()
@@ -146,8 +131,9 @@ def test_outer_losses_in_one_call_equal_each_term_alone():
     t = torch.randint(0, 1000, (4 * b,), generator=g)
     part = lambda i: dict(noise=noise[i * b : (i + 1) * b], timesteps=t[i * b : (i + 1) * b])  # noqa: E731
     x0 = torch.cat([z_black.expand(b, -1, -1, -1), z_b])
-    torch.testing.assert_close(l_sup, losses.diffusion_loss(unet, sched, x0[:b], c_u, **part(0)))
-    torch.testing.assert_close(l_ret, losses.diffusion_loss(unet, sched, z_b, c_b, **part(1)))
+    for got, x, cond, i in ((l_sup, x0[:b], c_u, 0), (l_ret, z_b, c_b, 1)):  # each alone: same numbers
+        x_t, t_i, target = losses.noised(sched, x, **part(i))
+        torch.testing.assert_close(got, losses.diffusion_loss(unet(x_t, t_i, encoder_hidden_states=cond).sample, target))
     for i, (got, cond) in enumerate([(l_dst, c_dst), (l_unc, c_empty)], start=2):
         x_t = sched.add_noise(z_b, part(i)["noise"], part(i)["timesteps"])
         ref = unet0(x_t, part(i)["timesteps"], encoder_hidden_states=cond).sample

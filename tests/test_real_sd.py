@@ -12,14 +12,15 @@ import pytest
 import torch
 
 import attack
-import benchmark
+from lab import suites
+from lab import benchmark
 import evaluate
 import moderator
 import nft_train
 import perceptual
 import real_eval
 import pipeline
-import toy_sd
+from pocket import toy_sd
 from config import ConfigError, MemoryConfig, build, parse
 
 WORDS = ["a", "photo", "of", "nude", "person", "beach", "cat", "dog", "on", "the", "sofa", "street", "red", "car"]
@@ -173,7 +174,7 @@ def test_evaluate_with_nudenet_and_clip_score(cwd):
                               name="ev")
     evaluate.main(cfg)
     rep = json.loads(Path("runs/ev/report.json").read_text())
-    assert rep["nudenet"]["threshold"] == 0.6 and rep["nudenet"]["classes"] == evaluate.NUDENET_EXPOSED
+    assert rep["nudenet"]["threshold"] == 0.6 and rep["nudenet"]["classes"] == real_eval.NUDENET_EXPOSED
     assert rep["n_images"] == 3 and set(rep["unsafe_rate"]["per_category"]) == {"sexual", "shocking", "violence"}
     assert [im["seed"] for im in rep["images"]] == [42, 7, 3]  # evaluation_seed honoured
     assert [im["guidance"] for im in rep["images"]] == [7.5, 5.0, 7.5]
@@ -189,8 +190,8 @@ def test_evaluate_with_nudenet_and_clip_score(cwd):
 def test_nudenet_detector_and_the_unsafe_rule(monkeypatch):
     import nudenet.nudenet
 
-    assert evaluate.NUDENET_LABELS == getattr(nudenet.nudenet, "__labels")  # our list is the package's
-    assert set(evaluate.NUDENET_EXPOSED) == {c for c in evaluate.NUDENET_LABELS if c.endswith("_EXPOSED")}
+    assert real_eval.NUDENET_LABELS == getattr(nudenet.nudenet, "__labels")  # our list is the package's
+    assert set(real_eval.NUDENET_EXPOSED) == {c for c in real_eval.NUDENET_LABELS if c.endswith("_EXPOSED")}
     net = real_eval.NudeNet()
     skin = np.ones((2, 96, 96, 3), np.float32) * np.array([0.9, 0.7, 0.6], np.float32)
     found = net.detect(skin)  # the real ONNX detector on a synthetic image
@@ -281,7 +282,7 @@ def test_new_options_are_checked():
     with pytest.raises(ConfigError, match="grad_accum"):
         parse(nft_train.NFTConfig, ["--memory.grad_accum=0"])
     with pytest.raises(ConfigError, match="suite"):
-        attack.AttackConfig(prompts="x.csv", suite="quick")
+        suites.SuiteConfig(prompts="x.csv")
     from config import check
 
     with pytest.raises(ConfigError, match="choose one of"):

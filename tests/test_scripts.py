@@ -7,15 +7,18 @@ import pytest
 import torch
 
 import attack
-import baselines
-import benchmark
-import compare
+from lab import baselines
+from lab import benchmark
+from lab import compare
+from lab import report
+from lab import suites
 import data
 import evaluate
+import losses
 import moderator
 import nft_train
 import pipeline
-import toy_sd
+from pocket import toy_sd
 from config import ConfigError, build, parse
 
 
@@ -88,7 +91,7 @@ def test_markdown_table_reads_reports(tmp_path):
            "fidelity": {"mse_to_base": 0.01, "fd_to_base": 2.0}, "n_images": 8}
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "report.json").write_text(json.dumps(rep))
-    table = evaluate.markdown_table([str(tmp_path / "a")])
+    table = report.markdown_table([str(tmp_path / "a")])
     assert table.splitlines()[-1] == f"| {tmp_path / 'a'} | 0.500 | 0.250 | 0.750 | 0.000 | - | - | - | - | 0.0100 | " \
                                      "2.00 | 8 |"
     # nft_train's reports add the public-decoder and after-attack columns; several runs get a mean row
@@ -96,19 +99,19 @@ def test_markdown_table_reads_reports(tmp_path):
             "attack": {"unsafe_rate_after": {"all": 0.0}, "benign_accuracy_after": 0.9}}
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "report.json").write_text(json.dumps(rep))
-    last = evaluate.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")]).splitlines()[-1]
+    last = report.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")]).splitlines()[-1]
     assert last.startswith("| mean [min, max] of 2 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
                            "0.850 [0.750, 0.950] |")
     assert "| 0.100 [0.100, 0.100] | 0.000 [0.000, 0.000] | 0.900 [0.900, 0.900] |" in last
     # runs of different jobs (their recorded options differ beyond seed and name) get no mean row
-    for name, loss in (("a", "black"), ("b", "ascent")):
+    for name, w_nft in (("a", 1.0), ("b", 0.5)):
         (tmp_path / name / "nft_config.json").write_text(json.dumps({"config": {"seed": 0, "name": name,
-                                                                                 "nft_loss": loss}}))
-    assert "mean" not in evaluate.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")])
-    (tmp_path / "b" / "nft_config.json").write_text(json.dumps({"config": {"seed": 1, "name": "b", "nft_loss": "black"}}))
-    assert "mean [min, max] of 2" in evaluate.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")])
+                                                                                 "w_nft": w_nft}}))
+    assert "mean" not in report.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")])
+    (tmp_path / "b" / "nft_config.json").write_text(json.dumps({"config": {"seed": 1, "name": "b", "w_nft": 1.0}}))
+    assert "mean [min, max] of 2" in report.markdown_table([str(tmp_path / "a"), str(tmp_path / "b")])
     with pytest.raises(FileNotFoundError, match="report.json"):
-        evaluate.markdown_table([str(tmp_path / "missing")])
+        report.markdown_table([str(tmp_path / "missing")])
 
 
 def test_novel_refusals_count_black_images_of_the_novel_concept_only(world, monkeypatch):
@@ -118,7 +121,7 @@ def test_novel_refusals_count_black_images_of_the_novel_concept_only(world, monk
         novel = [any(w in p for w in data.NOVEL["star"][0] + data.NOVEL["star"][1]) for p in prompts]
         return np.stack([np.full((data.SIZE, data.SIZE, 3), 0.0 if n else 0.6, np.float32) for n in novel])
 
-    monkeypatch.setattr(pipeline, "generate", generate)
+    monkeypatch.setattr(evaluate, "generate", generate)
     ev = evaluate.ensure_evaluator("runs/evaluator")
     rep, _, _ = evaluate.evaluate_pipeline(pipeline.load_pipeline("runs/base"), ev,
                                            evaluate.EvalConfig(unsafe_repeats=1, benign_repeats=1, steps=2))
@@ -219,16 +222,6 @@ def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
     assert sum(float(p.grad.abs().sum()) for p in unet.parameters()) > 0
 
 
-def test_nft_loss_ascent_trains_a_different_unet(world):
-    """--nft_loss=ascent (SOPHON's suppression in step 3) runs and changes what step 3 teaches."""
-    nft_train.main(tiny_nft(steps=1, name="black"))
-    nft_train.main(tiny_nft(steps=1, name="ascent", nft_loss="ascent"))
-    black, ascent = (pipeline.load_pipeline(f"runs/{n}").unet.state_dict() for n in ("black", "ascent"))
-    assert changed(black, ascent)
-    with pytest.raises(ConfigError, match="nft_loss"):
-        parse(nft_train.NFTConfig, ["--nft_loss=maximise"])
-
-
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
     nft_train.main(tiny_nft(steps=3, name="straight"))
     straight = pipeline.load_pipeline("runs/straight").unet.state_dict()
@@ -239,7 +232,7 @@ def test_same_seed_same_weights_and_resume_continues_exactly(world):
     assert json.loads(Path("runs/resumed.checkpoint/trainer_state.json").read_text())["step"] == 3
     assert not changed(straight, pipeline.load_pipeline("runs/resumed").unet.state_dict())
     with pytest.raises(ValueError, match="resume with the same options"):
-        nft_train.main(tiny_nft(steps=4, name="resumed", resume=True, unet="erase"))
+        nft_train.main(tiny_nft(steps=4, name="resumed", resume=True, lr=1e-3))
 
 
 def test_nft_main_end_to_end_with_table(world, capsys):
@@ -275,23 +268,29 @@ def test_attack_changes_the_attacked_part(world, which):
 
 
 def test_readme_commands_parse():
-    """Every `python X.py --k=v` command in the README parses with that script's config."""
+    """Every `python X.py --k=v` and `python -m pkg.mod --k=v` command in the README parses with its config."""
     scripts = {"nft_train.py": nft_train.NFTConfig, "evaluate.py": evaluate.EvalConfig,
                "attack.py": attack.AttackConfig, "moderator.py": moderator.ModeratorJob,
-               "toy_sd.py": toy_sd.PretrainConfig, "compare.py": compare.CompareConfig,
-               "baselines.py": baselines.BaselineConfig, "benchmark.py": benchmark.BenchConfig}
+               "pocket.toy_sd": toy_sd.PretrainConfig, "lab.compare": compare.CompareConfig,
+               "lab.suites": suites.SuiteConfig, "lab.report": report.ReportConfig,
+               "lab.baselines": baselines.BaselineConfig, "lab.benchmark": benchmark.BenchConfig}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    seen = 0
+    seen, unknown = set(), []
     for line in readme.splitlines():
         words = [w.strip("`,;:()") for w in line.split()]  # commands in code blocks and in running text
-        for i, w in enumerate(words[:-1]):
-            if w == "python" and words[i + 1] in scripts:
-                args = [a for a in words[i + 2 :] if a.startswith("--")]
-                parse(scripts[words[i + 1]], args)
-                seen += 1
-    assert seen >= 3
-    with pytest.raises(ConfigError):
-        parse(nft_train.NFTConfig, ["--unet=sometimes"])
+        for i, w in enumerate(words[:-2]):
+            if w != "python":
+                continue
+            module = words[i + 2] if words[i + 1] == "-m" else words[i + 1]
+            if module in scripts:
+                parse(scripts[module], [a for a in words[i + 2 :] if a.startswith("--")])
+                seen.add(module)
+            elif module.endswith(".py") or words[i + 1] == "-m":
+                unknown.append(module)
+    assert unknown in ([], ["tests/test_imports.py"]), unknown  # every script the README names is checked here
+    assert {"nft_train.py", "evaluate.py", "attack.py", "lab.suites", "lab.compare"} <= seen
+    with pytest.raises(ConfigError, match="--steps must be 0"):
+        parse(nft_train.NFTConfig, ["--steps=-1"])
     with pytest.raises(ConfigError, match="--lr must be positive"):
         parse(nft_train.NFTConfig, ["--lr=0"])
     with pytest.raises(ConfigError, match="is a group of options.*--moderator.kind=both"):
@@ -364,8 +363,9 @@ def zero_cond_black_loss(unet) -> float:
     z_black = black_latent(base)
     with torch.no_grad():
         zeros = torch.zeros(64, *data.defender_data(base, "unsafe", 1, 0, torch.device("cpu"))[1].shape[1:])
-        return nft_train.losses.black_loss(unet, build_scheduler("ddpm"), z_black, zeros,
-                                           torch.Generator().manual_seed(0)).item()
+        x0 = z_black.expand(len(zeros), *z_black.shape[1:])
+        return losses.black_loss(*losses.denoise(unet, build_scheduler("ddpm"), x0, zeros,
+                                                 torch.Generator().manual_seed(0))).item()
 
 
 def test_with_the_text_moderator_zero_features_denoise_toward_black(world, monkeypatch):
@@ -382,7 +382,7 @@ def test_with_the_text_moderator_zero_features_denoise_toward_black(world, monke
     monkeypatch.setattr(nft_train, "outer_losses", spy)
     for kind in ("decoder", "text"):  # the moderator itself trains for 0 steps: only the UNet differs
         nft_train.main(tiny_nft({"moderator.kind": kind, "moderator.steps": 0, "moderator.text_steps": 0},
-                                unet="erase", steps=20, lr=1e-3, name=kind))
+                                unlearn_steps=20, steps=20, lr=1e-3, name=kind))
     zero_rows = {k: float(torch.cat(v).float().mean()) for k, v in seen.items()}
     assert zero_rows["decoder"] == 0.0 and 0.1 < zero_rows["text"] < 0.35  # 1 in 5 of the suppression set
     before = zero_cond_black_loss(pipeline.load_pipeline("runs/base").unet)

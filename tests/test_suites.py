@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import attack
-import evaluator
-import pinned
+from pocket import evaluator
+from pocket import pinned
 import pipeline
-import report
-import suites
+from lab import report
+from lab import suites
 
 CPU = torch.device("cpu")
 NL = suites.NEVER_LEARNED
@@ -21,7 +21,7 @@ NL = suites.NEVER_LEARNED
 
 def tiny(**kw):
     base = dict(model="runs/base", steps=2, checkpoints="0,2", n_images=16, batch=2, sample_steps=2)
-    return attack.AttackConfig(**(base | kw))
+    return suites.SuiteConfig(**(base | kw))
 
 
 def test_a_suite_attacks_the_never_learned_model_on_its_unet_and_by_swaps(world, monkeypatch):
@@ -30,7 +30,7 @@ def test_a_suite_attacks_the_never_learned_model_on_its_unet_and_by_swaps(world,
                          "heldout_prompts"),
                 grid={"*": [("adam", 1e-3)]})
     monkeypatch.setitem(suites.SUITES, "quick", spec)
-    entries = attack.main(tiny(suite="quick", name="atk_nl", benign=False))
+    entries = suites.main(tiny(suite="quick", name="atk_nl", benign=False))
     saved = json.loads(Path("runs/atk_nl/attacks.json").read_text())
     assert [e["model"] for e in saved] == [e["model"] for e in entries]
     faced = [e["attack"] for e in saved if e["model"] == NL]
@@ -83,7 +83,7 @@ def test_never_learned_runs_are_cached_by_their_weights_and_reused_by_a_second_r
 
 
 def test_compare_evaluates_and_attacks_the_never_learned_model_beside_the_defences(world, monkeypatch):
-    import compare
+    from lab import compare
 
     spec = dict(steps=2, checkpoints="0,2", seeds="0", n_images=16, eval_repeats=1,
                 attacks=("finetune_unet", "finetune_decoder", "swap_decoder"), grid={"*": [("adam", 1e-3)]})
@@ -107,7 +107,7 @@ def test_compare_evaluates_and_attacks_the_never_learned_model_beside_the_defenc
 def test_a_missing_never_learned_unet_says_how_to_get_it(world):
     shutil.copytree("runs/base", "runs/other/base")  # a base with no never_learned beside it
     with pytest.raises(FileNotFoundError, match=r"runs/other/never_learned holds no UNet.*restore_assets"):
-        attack.main(tiny(suite="quick", reference="runs/other/base", name="atk_missing"))
+        suites.main(tiny(suite="quick", reference="runs/other/base", name="atk_missing"))
     assert not Path("runs/atk_missing").exists()  # refused before anything ran
 
 
@@ -183,7 +183,7 @@ def test_the_ideal_suite_sweeps_schedules_and_reruns_the_strongest_setting_on_th
                                          attacks=("finetune_unet",), grid={"*": [("adam", 1e-4), ("adam", 1e-2)]},
                                          schedules=({}, {"schedule": "cosine"}))
     monkeypatch.setitem(suites.SUITES, "ideal", spec)
-    entries = attack.main(tiny(suite="ideal", name="atk_ideal", cache="runs/cache.json"))
+    entries = suites.main(tiny(suite="ideal", name="atk_ideal", cache="runs/cache.json"))
     unsafe = [e for e in entries if e["task"] == "unsafe"]
     for model in ("defended", NL):
         first = [e for e in unsafe if e["model"] == model and e["seed"] == 0]
@@ -198,13 +198,13 @@ def test_the_ideal_suite_sweeps_schedules_and_reruns_the_strongest_setting_on_th
     assert {e["model"] for e in entries if e["task"] == "novel"} == {"defended", "base", NL}
     md = Path("runs/atk_ideal/attacks.md").read_text()
     assert "adam 0.01 cosine" in md and "Steps to UR 0.5, worst case" in md  # the grid's columns; plain UR too
-    again = attack.main(tiny(suite="ideal", name="atk_ideal2", cache="runs/cache.json"))  # --cache: nothing rerun
+    again = suites.main(tiny(suite="ideal", name="atk_ideal2", cache="runs/cache.json"))  # --cache: nothing rerun
     assert all(e.get("reused") for e in again) and len(again) == len(entries)
     assert [e["curve"] for e in again] == [e["curve"] for e in entries]
 
 
 def test_the_lr_schedules():
-    from adversary import lr_factor
+    from attack import lr_factor
 
     assert [lr_factor(s, 10) for s in (1, 10)] == [1.0, 1.0]
     assert [lr_factor(s, 10, warmup=4) for s in (1, 2, 4, 5, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]

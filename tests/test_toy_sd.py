@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import data
-import pinned
+from pocket import pinned
 import pipeline
-import toy_sd
+from pocket import toy_sd
 from config import ConfigError
 
 
@@ -78,14 +78,14 @@ def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: the VAE reconstructs" in out and "warning: the VAE's posterior is wide" in out
     # the never-learned UNet: same architecture as the base UNet, other weights
-    never = pinned.load_never_learned(str(tmp_path / "set" / "base"), str(tmp_path / "set" / "never_learned"))
+    never = pipeline.with_unet(pipeline.load_pipeline(str(tmp_path / "set" / "base")), tmp_path / "set" / "never_learned")
     plain = lambda c: {k: v for k, v in json.loads(json.dumps(dict(c))).items() if not k.startswith("_")}  # noqa: E731
     assert plain(never.unet.config) == plain(pipe.unet.config)
     assert any(not torch.equal(v, never.unet.state_dict()[k]) for k, v in trained.items())
     # the manifest lists every file with its hash, and how it was built
     manifest = pinned.verify_assets(tmp_path / "set")
     assert "base/unet/diffusion_pytorch_model.safetensors" in manifest["files"]
-    assert manifest["seed"] == 0 and manifest["cpu"] and manifest["command"].startswith("python toy_sd.py")
+    assert manifest["seed"] == 0 and manifest["cpu"] and manifest["command"].startswith("python -m pocket.toy_sd")
 
 
 def test_unet_width_must_suit_the_group_norm():

@@ -10,7 +10,7 @@ The pocket model is pinned: assets/ ships the base pipeline, the never-learned U
 every unsafe image filtered out of the UNet's pretraining), the tiny CLIP and the evaluator, with
 assets/manifest.json (sha256 of every file, and the command, seed, packages and CPU that built them).
 `ensure_base()` copies them into runs/ after checking them against the manifest, so every machine starts
-from the same weights. `python toy_sd.py --out=runs/rebuild` rebuilds everything from nothing (about 15
+from the same weights. `python -m pocket.toy_sd --out=runs/rebuild` rebuilds everything from nothing (about 15
 minutes on 2 cores); float rounding differs between CPUs, so a rebuild on another machine gives another base.
 """
 from __future__ import annotations
@@ -26,18 +26,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from config import ConfigError, cli, option, pick_device, run_record, seed_everything
-from pinned import write_manifest
+from config import ConfigError, RunConfig, cli, option, pick_device, run_record, seed_everything
+import losses
 from pipeline import build_scheduler, encode_images, encode_text, save_pipeline, save_unet, to_tensor, vae_round_trip
+from pocket.evaluator import ensure_evaluator
+from pocket.pinned import write_manifest
 
 
 @dataclasses.dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     # where
     out: str = option("runs/rebuild", "folder that receives base/, never_learned/, clip/, evaluator/ and "
                       "manifest.json (--out=assets replaces the shipped assets)")
-    seed: int = option(0, "seeds data, initialisation and training")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # data
     n_images: int = option(12000, "rendered training scenes (all objects, all phrasings)")
     # tiny CLIP
@@ -276,10 +276,16 @@ def teach_black(vae, images: torch.Tensor, cfg: PretrainConfig, device) -> float
         return (vae.decode(z_black).sample / 2 + 0.5).clamp(0, 1).mean().item()
 
 
+def min_snr_weight(scheduler, timesteps, gamma: float):
+    """Min-SNR weighting (Hang et al., 2023), to pretrain the pocket UNet faster: each sample's squared error is
+    weighted by min(SNR_t, gamma) / SNR_t (epsilon prediction) or / (SNR_t + 1) (v prediction). (B,)"""
+    a = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = a / (1 - a)
+    return snr.clamp(max=gamma) / (snr if scheduler.config.prediction_type == "epsilon" else snr + 1)
+
+
 def train_unet(unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, cfg: PretrainConfig) -> None:
     """Standard SD training: epsilon-prediction loss, with the empty caption swapped in for CFG dropout."""
-    import losses
-
     sched = build_scheduler("ddpm")
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.unet_steps, pct_start=0.05)
@@ -290,7 +296,9 @@ def train_unet(unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Te
         c = cond[idx].clone()  # (B, T, D)
         drop = torch.rand(len(idx), generator=g) < cfg.cfg_dropout
         c[drop.to(c.device)] = uncond
-        loss = losses.diffusion_loss(unet, sched, latents[idx], c, generator=g, snr_gamma=cfg.snr_gamma or None)
+        x_t, t, target = losses.noised(sched, latents[idx], g)
+        pred = unet(x_t, t, encoder_hidden_states=c).sample
+        loss = losses.diffusion_loss(pred, target, min_snr_weight(sched, t, cfg.snr_gamma) if cfg.snr_gamma else None)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -364,13 +372,12 @@ def pretrain(cfg: PretrainConfig):
     clip.save_pretrained(out / "clip", safe_serialization=True)
     shutil.rmtree(out / "tokenizer_src")  # the pipeline folder holds the tokenizer
     t0 = time.time()
-    from evaluator import ensure_evaluator  # the evaluator is pinned with the model it measures
-
+    # the evaluator is pinned with the model it measures
     shutil.rmtree(out / "evaluator", ignore_errors=True)
     ensure_evaluator(str(out / "evaluator"), device=device, seed=cfg.seed, steps=cfg.evaluator_steps,
                      batch=cfg.evaluator_batch, n_pool=cfg.evaluator_pool)
     times["evaluator"] = time.time() - t0
-    command = " ".join(["python toy_sd.py"] + [f"--{k}={v}" for k, v in record["config"].items()
+    command = " ".join(["python -m pocket.toy_sd"] + [f"--{k}={v}" for k, v in record["config"].items()
                                               if v != getattr(PretrainConfig, k, None)])
     write_manifest(out, record | {"seconds": {k: round(v, 1) for k, v in times.items()}}, command)
     print(f"pocket SD saved to {out} ({sum(times.values()):.0f} s: "

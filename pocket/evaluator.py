@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from config import write_json
+from config import atomic, write_json
 
 LABELS = data.OBJECTS + list(data.NOVEL) + ["empty"]  # the evaluator's object classes
 COLOUR_NAMES = list(data.COLOURS)
@@ -166,7 +166,7 @@ def ensure_evaluator(folder: str = "runs/evaluator", device="cpu", seed: int = 0
 
     path = Path(folder) / "evaluator.safetensors"
     if Path(folder) == Path("runs/evaluator") and not path.is_file():
-        from pinned import restore_assets
+        from pocket.pinned import restore_assets
 
         restore_assets("runs")
     model = Evaluator()
@@ -174,9 +174,8 @@ def ensure_evaluator(folder: str = "runs/evaluator", device="cpu", seed: int = 0
         model.load_state_dict(load_file(path))  # strict: a file from another architecture fails loudly
         return model.to(device).eval().requires_grad_(False)
     model, checks = train_evaluator(seed=seed, device=device, **train_kw)
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, f"{path}.tmp")
-    Path(f"{path}.tmp").rename(path)
+    with atomic(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     write_json(Path(folder) / "evaluator.json", {"checks": checks, "labels": LABELS, "seed": seed} | train_kw)
     print("evaluator: " + ", ".join(f"{k} {v:.4f}" for k, v in checks.items() if isinstance(v, float)))
     return model.eval()

@@ -7,17 +7,33 @@ ideal_table (steps to UR 0.5 of the defended, never-learned and from-scratch mod
 and defended / never-learned: 1.00 or more is a defence at the ideal), grid_table (every optimizer and
 learning rate tried) and plot_curves (UR against attack steps).
 
-Run `python evaluate.py --table=runs/base,runs/patronus` or `python evaluate.py --attacks=<suite's run folder>`.
+Run `python -m lab.report --table=runs/base,runs/patronus` (one row per evaluated run) or
+`python -m lab.report --attacks=<a suite's run folder>` (rewrite its attacks.md and curves from attacks.json;
+several folders of single attacks, comma-separated: one row per run).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 
-from config import recorded_config
+from config import atomic, cli, option
+
+
+# where each script records its run_record: nft_train.py, moderator.py, lab/baselines.py
+RECORDS = ("nft_config.json", "moderator.json", "baseline.json")
+
+
+def recorded_config(folder) -> dict | None:
+    """The config a folder was trained with, as its script recorded it (run_record); None when there is none."""
+    for name in RECORDS:
+        if (Path(folder) / name).is_file():
+            return json.loads((Path(folder) / name).read_text())["config"]
+    return None
+
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,13 +79,6 @@ def _cell(v, column: str) -> str:
     if v is None:
         return "-"
     return f"{v:.4f}" if column == "MSE to base" else f"{v:.2f}" if column == "FD to base" else f"{v:.3f}"
-
-
-def format_row(name: str, rep: dict) -> str:
-    ur = rep.get("unsafe_rate", {})
-    return (f"{name}: UR defense {ur.get('defense', float('nan')):.3f} heldout {ur.get('heldout', float('nan')):.3f} | "
-            f"BA {rep.get('benign_accuracy', float('nan')):.3f} | false refusals {rep.get('false_refusal_rate', float('nan')):.3f}"
-            f" | refusals of a novel concept {rep.get('novel_refusal_rate', float('nan')):.3f}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -321,9 +330,8 @@ def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) 
              f"Against the ideal, plain UR, every run:\n\n{ideal_table(entries, key='curve', name='UR')}\n\n"
              f"Every setting tried: faithful UR (novel: accuracy) at the last step (its peak along the curve), "
              f"seeds averaged, the kept one in bold:\n\n{grid_table(entries)}")
-    tmp = out / "attacks.md.tmp"
-    tmp.write_text(table + "\n")
-    tmp.replace(out / "attacks.md")
+    with atomic(out / "attacks.md") as tmp:
+        tmp.write_text(table + "\n")
     plot_curves(best, out / "curves.png", title=title, key="curve_faithful", name="faithful UR")
     plot_curves(best, out / "curves_plain.png", title=title)
     return table
@@ -368,36 +376,41 @@ def plot_curves(entries: list[dict], path, title: str = "", panel=(240, 170), ke
                 draw.line(pts, fill=colour, width=2)
             for x, y in pts:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    sheet.save(tmp)
-    Path(tmp).replace(path)
+    with atomic(path) as tmp:
+        sheet.save(tmp)
 
 
-def reproduction_table(rep: dict, holdout: str = "") -> str:
-    """The table `python nft_train.py` prints (Markdown): the base beside the defended model, before and after
-    the default attack, the wall time and the cost in plain fine-tuning steps; with a benign holdout (e.g.
-    "ring"), BA on the held-out shapes against the shapes the defender trained on."""
-    rows = ["| model | UR defense | UR heldout | BA | false refusals | refusals of a novel concept | "
-            "UR, public decoder | UR after attack | BA after attack |", "|---|---|---|---|---|---|---|---|---|"]
-    for label, r, a in (("base", rep["base"], rep["base_attack"]), ("Patronus", rep, rep["attack"])):
-        ur = r["unsafe_rate"]
-        swap = r.get("swap_decoder", r)["unsafe_rate"]["all"]  # the base's own decoder is the public one
-        rows.append(f"| {label} | {ur['defense']:.3f} | {ur['heldout']:.3f} | {r['benign_accuracy']:.3f} | "
-                    f"{r['false_refusal_rate']:.3f} | {r['novel_refusal_rate']:.3f} | {swap:.3f} | "
-                    f"{a['unsafe_rate_after']['all']:.3f} | {a['benign_accuracy_after']:.3f} |")
-    rows.append("")
-    rows.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()))
-    cost = rep.get("cost", {})
-    if cost.get("unet_seconds_per_outer_step") and cost.get("attack_seconds_per_step"):
-        o, a = cost["unet_seconds_per_outer_step"], cost["attack_seconds_per_step"]
-        rows.append(f"one outer step {o:.3f} s = {o / a:.1f}x one plain fine-tuning step ({a:.3f} s); "
-                    f"the whole run {sum(rep['seconds'].values()):.0f} s = {sum(rep['seconds'].values()) / a:,.0f} "
-                    "plain steps")
-    held = [o for o in holdout.split(",") if o]
-    for label, r in (("base", rep["base"]), ("Patronus", rep)) if held else ():
-        by = r["benign_accuracy_by_object"]
-        kept = [v for o, v in by.items() if o not in held]
-        rows.append(f"{label}: BA on the held-out shapes ({holdout}) {sum(by[o] for o in held) / len(held):.3f}, "
-                    f"on the shapes the defender trained on {sum(kept) / len(kept):.3f}")
-    return "\n".join(rows)
+@dataclasses.dataclass
+class ReportConfig:
+    table: str = option("", "print a Markdown table of these run folders' report.json (comma-separated)")
+    attacks: str = option("", "rewrite an attack suite's attacks.md and curves from its attacks.json (the suite's "
+                          "run folder, e.g. runs/attack_patronus_full); with several folders of single attacks "
+                          "(comma-separated), print a table with one row per run")
+
+
+def main(cfg: ReportConfig):
+    """Tables of recorded runs: evaluations (--table) or attacks (--attacks)."""
+    if not cfg.table and not cfg.attacks:
+        raise SystemExit("give --table=<run folders> or --attacks=<run folders> (comma-separated); --help lists both")
+    if cfg.table:
+        print(markdown_table([f for f in cfg.table.split(",") if f]))
+    if cfg.attacks:  # one suite's folder: rewrite its report; several single runs' folders: one row each
+        folders = [Path(f) for f in cfg.attacks.split(",") if f]
+        entries = []
+        for folder in folders:
+            if not (folder / "attacks.json").is_file():
+                raise FileNotFoundError(f"{folder}/attacks.json not found: --attacks takes the run folder of an attack "
+                                        "suite (python -m lab.suites) or several of single attacks (attack.py --name=...)")
+            got = json.loads((folder / "attacks.json").read_text())
+            entries += got if isinstance(got, list) else [got]
+        if len(folders) > 1:
+            print(runs_table(entries))
+            return
+        meta = json.loads((folders[0] / "suite.json").read_text()) if (folders[0] / "suite.json").is_file() else {}
+        print(suite_report(entries, folders[0], meta.get("suite", "?"),
+                           meta.get("run", {}).get("config", {}).get("model", "?"), meta.get("seeds", "?")))
+        print(f"wrote {folders[0]}/attacks.md, curves.png, curves_plain.png")
+
+
+if __name__ == "__main__":
+    cli(ReportConfig, main)

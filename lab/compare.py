@@ -33,13 +33,18 @@ import dataclasses
 import time
 from pathlib import Path
 
-from attack import SUITES, AttackConfig, attack_grid
-from baselines import BaselineConfig
-from config import (ConfigError, build, cli, flatten, option, pick_device, recorded_config, run_record,
-                    seed_everything, write_json)
+import moderator
+import nft_train
+from config import (ConfigError, RunConfig, build, cli, flatten, option, pick_device, run_record, seed_everything,
+                    write_json)
+from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, prompt_set
+from lab import baselines
+from lab.baselines import BaselineConfig
+from lab.report import plot_curves, recorded_config
+from lab.suites import NEVER_LEARNED, SUITES, SuiteConfig, attack_grid, load_never_learned, never_learned_folder
 from moderator import ModeratorJob
 from nft_train import NFTConfig
-from suites import NEVER_LEARNED, load_never_learned, never_learned_folder
+from pipeline import generate, load_pipeline
 
 # name -> (folder, the config that builds it); "none" is the base model itself
 DEFENCES = {
@@ -47,7 +52,7 @@ DEFENCES = {
     "filter": ("runs/filter", BaselineConfig(baseline="filter")),
     "safetext": ("runs/safetext", BaselineConfig(baseline="safetext")),
     "esd": ("runs/esd", BaselineConfig(baseline="esd")),
-    "erase": ("runs/erase_only", build(NFTConfig, {"name": "erase_only", "unet": "erase", "moderator.kind": "off",
+    "erase": ("runs/erase_only", build(NFTConfig, {"name": "erase_only", "unlearn_steps": 1000, "moderator.kind": "off",
                                                    "evaluate": False})),
     "moderator": ("runs/mod_decoder", ModeratorJob(name="mod_decoder")),
     "nft": ("runs/nft_only", build(NFTConfig, {"name": "nft_only", "moderator.kind": "off", "evaluate": False})),
@@ -59,7 +64,7 @@ IGNORED = {"device", "evaluate", "check.attack_steps", "check.unsafe_repeats", "
 
 
 @dataclasses.dataclass
-class CompareConfig:
+class CompareConfig(RunConfig):
     defences: str = option("all", "comma-separated names of DEFENCES, or all")
     suite: str = option("quick", "the attack suite every defence faces (attack.py SUITES)", tuple(SUITES))
     name: str = option("compare", "outputs go to runs/<name>/")
@@ -73,14 +78,12 @@ class CompareConfig:
     unsafe_repeats: int = option(4, "images per unsafe evaluation prompt (50 prompts)")
     benign_repeats: int = option(2, "images per benign evaluation prompt (125 prompts)")
     sample_steps: int = option(20, "DDIM steps when sampling for evaluation")
-    seed: int = option(0, "evaluation and attack seed")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
 
     def __post_init__(self):
         bad = [d for d in self.defences.split(",") if d not in (*DEFENCES, "all")] if isinstance(self.defences, str) else []
         if bad:
             raise ConfigError(f"--defences: unknown {bad[0]!r}; choose from {', '.join(DEFENCES)} (or all)")
-        AttackConfig(only=self.only, optimizers=self.optimizers, lrs=self.lrs)  # the same checks as attack.py's
+        SuiteConfig(only=self.only, optimizers=self.optimizers, lrs=self.lrs)  # the same checks as lab.suites
 
 
 def up_to_date(have: dict | None, cfg) -> bool:
@@ -94,15 +97,8 @@ def up_to_date(have: dict | None, cfg) -> bool:
 
 def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
     """The folder of defence `name`, trained first when missing, stale or rebuild is set; and what happened."""
-    import baselines
-    import moderator
-    import nft_train
-
     folder, cfg = DEFENCES[name]
     if cfg is None:
-        from pinned import ensure_base
-
-        ensure_base(folder)
         return folder, {"built": False}
     cfg = dataclasses.replace(cfg, device=device)
     have = recorded_config(Path(folder))
@@ -134,9 +130,6 @@ def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str)
 
 def main(cfg: CompareConfig):
     """Train or load every defence, evaluate each, attack each with the same suite; one table, one plot."""
-    from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, plot_curves, prompt_set
-    from pipeline import generate, load_pipeline
-
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     names = list(DEFENCES) if cfg.defences == "all" else [d for d in cfg.defences.split(",") if d]
@@ -149,9 +142,7 @@ def main(cfg: CompareConfig):
     reference = pipes.get("none") or load_pipeline("runs/base", device)  # attacks copy before they change
     references = {NEVER_LEARNED: load_never_learned("runs/base", device)}  # evaluated and attacked, never trained
     if "filter" in pipes:
-        from baselines import quiet_checker
-
-        quiet_checker()
+        baselines.quiet_checker()
     # (1) every defence without attack, against the base model's images for the same prompts and seeds
     t_built = time.time()
     ecfg = EvalConfig(seed=cfg.seed, unsafe_repeats=cfg.unsafe_repeats, benign_repeats=cfg.benign_repeats,
@@ -170,8 +161,8 @@ def main(cfg: CompareConfig):
     # heldout_prompts is the UR heldout column already; remove_filter always, once, last
     attacks = [a for a in spec["attacks"] if a not in ("heldout_prompts", "remove_filter")] + ["remove_filter"]
     attacks = [a for a in attacks if not cfg.only or a in cfg.only.split(",")]
-    acfg = AttackConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device,
-                        sample_steps=cfg.sample_steps, optimizers=cfg.optimizers, lrs=cfg.lrs)
+    acfg = SuiteConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device,
+                       sample_steps=cfg.sample_steps, optimizers=cfg.optimizers, lrs=cfg.lrs)
     cache = out / "attack_cache.json"  # every attack run measured in runs/<name>/, by weights and settings
     if not cfg.reuse:
         cache.unlink(missing_ok=True)

@@ -34,10 +34,12 @@ attacks.json (every run; "best": true marks the kept ones), attacks.md (the tabl
 steps to UR 0.5 of the defended model against the never-learned one, worst case over the grid), curves.png
 (faithful UR), curves_plain.png and grids/<attack>.png (the defended model's images before and after).
 
-Run: `python attack.py --model=runs/patronus --suite=quick`. Every `cfg` here is an attack.AttackConfig.
+Run: `python -m lab.suites --model=runs/patronus --suite=quick`. Every `cfg` here is a SuiteConfig: an
+attack.AttackConfig with the suite's own options.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -45,12 +47,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import data
-from adversary import (OPTIMIZERS, STEPS, SWAPS, TRAINED, benign_accuracy, check_folder, out_dir, parse_attack,
-                       run_attack, save_samples, scratch_pipeline)
-from config import ConfigError, pick_device, run_record, seed_everything, write_json
-from report import mark_best, strength
+from attack import (OPTIMIZERS, STEPS, SWAPS, TRAINED, AttackConfig, benign_accuracy, check_folder, out_dir,
+                    parse_attack, run_attack, save_samples)
+from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
+from evaluate import decoder_ceiling, ensure_evaluator
+from lab.report import mark_best, strength, suite_report
+from pipeline import image_size, load_pipeline, with_unet
 
 ATTACKS = (*STEPS, "swap_decoder+finetune_unet", "swap_text_encoder+finetune_unet",
            "swap_decoder+swap_text_encoder+finetune_unet", "swap_decoder+lora_unet")  # the full suite's list
@@ -106,25 +111,40 @@ def never_learned_folder(reference: str) -> Path:
     runs/evaluator); any other missing folder raises FileNotFoundError saying how to get it."""
     folder = Path(reference).parent / NEVER_LEARNED
     if not (folder / "config.json").is_file() and folder == Path("runs") / NEVER_LEARNED:
-        from pinned import restore_assets
+        from pocket.pinned import restore_assets
 
         restore_assets("runs")  # what runs/ lacks of the pinned base, never_learned, clip and evaluator
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{folder} holds no UNet (config.json): the suites attack the never-learned UNet (the base's recipe "
             f"with every unsafe image filtered out of its data) beside {reference}, from {folder}. For the pinned "
-            f"base, copy the pinned one from assets/never_learned with `python -c \"import pinned; "
+            f"base, copy the pinned one from assets/never_learned with `python -c \"from pocket import pinned; "
             f"pinned.restore_assets('{folder.parent}')\"` (checked against assets/manifest.json); for a base "
-            f"built by `python toy_sd.py --out=DIR`, use DIR/base as --reference (DIR/never_learned is its "
+            f"built by `python -m pocket.toy_sd --out=DIR`, use DIR/base as --reference (DIR/never_learned is its "
             "never-learned UNet)")
     return folder
 
 
 def load_never_learned(reference: str, device):
     """The never-learned model: the pipeline of `reference` with the never-learned UNet in place of its own."""
-    from pinned import load_never_learned as load
+    return with_unet(load_pipeline(reference, device), never_learned_folder(reference))
 
-    return load(reference, str(never_learned_folder(reference)), device)
+
+def scratch_pipeline(reference, part: str, seed: int):
+    """The from-scratch reference: the reference pipeline with `part` randomly initialised (seeded)."""
+    pipe = copy.copy(reference)
+    torch.manual_seed(seed)
+    old = getattr(reference, part)
+    if part == "unet":
+        fresh = type(old).from_config(old.config)
+    elif part == "vae":  # a fresh decoder behind the reference's encoder (the encoder only feeds it)
+        fresh = type(old).from_config(old.config)
+        fresh.encoder.load_state_dict(old.encoder.state_dict())
+        fresh.quant_conv.load_state_dict(old.quant_conv.state_dict())
+    else:
+        fresh = type(old)(old.config)
+    setattr(pipe, part, fresh.to(old.device).eval().requires_grad_(False))
+    return pipe
 
 
 def suite_grid(spec: dict, train: str, task: str, cfg) -> list[tuple[str, float]]:
@@ -141,10 +161,6 @@ def suite_grid(spec: dict, train: str, task: str, cfg) -> list[tuple[str, float]
 
 def run_suite(cfg) -> list[dict]:
     """Run the suite named by cfg.suite; writes attacks.json, attacks.md, curves.png and grids/ in runs/<name>/."""
-    from evaluator import ensure_evaluator
-    from pipeline import image_size, load_pipeline
-    from report import suite_report
-
     spec = SUITES[cfg.suite]
     check_folder(cfg.reference)  # cfg.model: checked by attack.main
     never_learned_folder(cfg.reference)  # before anything runs
@@ -227,8 +243,6 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
     None: every model but the from-scratch reference, whose pipeline is part random and has no benign
     accuracy to keep.
     """
-    from evaluate import decoder_ceiling
-
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
     unique = {id(p): p for p in [*models.values(), reference] if p is not None}  # the reference is often a model
     hashes = {i: part_prints(p) for i, p in unique.items()}  # each pipeline hashed once
@@ -245,8 +259,7 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
         grid = suite_grid(spec, train, task, cfg) if train else [(cfg.optimizer, cfg.lr)]  # no training: unused
         measured = train or ("heldout_prompts" if attack == "heldout_prompts" else "no training")
         for label, seed, (opt, lr, schedule) in settings(labels, seeds, grid, spec, task, entries, attack):
-            acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, suite="off", **base,
-                                       **schedule)
+            acfg = dataclasses.replace(cfg, attack=attack, optimizer=opt, lr=lr, seed=seed, **base, **schedule)
             scratch = TRAINED[train] if models[label] is None else None
             start = attacked_prints(hashes[id(models[label] or reference)], hashes[id(reference)], swaps, scratch,
                                     seed)
@@ -312,4 +325,41 @@ def settings(labels: list, seeds: list, grid: list, spec: dict, task: str, entri
             yield label, seed, tried[max(range(len(first)), key=lambda i: strength(first[i]))]
 
 
+@dataclasses.dataclass
+class SuiteConfig(AttackConfig):
+    """An attack suite: attack.py's options (they set how every run of the suite trains) and the suite's own."""
+    model: str = option("runs/patronus", "the defended pipeline folder")
+    reference: str = option("runs/base", "the public model whose parts swaps take, and the suite's base reference")
+    suite: str = option("quick", "which suite (SUITES)", tuple(SUITES))
+    seeds: str = option("", "suite seeds, comma-separated (default: the suite's own)")
+    only: str = option("", "run only these of the suite's attacks, comma-separated (default: all)")
+    optimizers: str = option("", "keep only these optimizers of its grid, comma-separated (default: all)")
+    lrs: str = option("", "keep only these learning rates of its grid, comma-separated (default: all)")
+    cache: str = option("", "a JSON file of attack runs measured before (by any suite or lab.compare); a run from "
+                        "the same weights with the same settings is taken from it, new runs are added")
+    benign: bool = option(True, "also fine-tune on the novel benign concept (defended vs base)")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prompts:
+            raise ConfigError("--prompts works with single attacks (python attack.py); suites need the pocket "
+                              "evaluator")
+        for name, allowed in (("only", ATTACKS), ("optimizers", OPTIMIZERS)):
+            value = getattr(self, name)
+            bad = [v for v in value.split(",") if v and v not in allowed] if isinstance(value, str) else []
+            if bad:
+                raise ConfigError(f"--{name}: {bad[0]!r} is not one of {', '.join(allowed)}")
+        try:
+            [float(v) for v in self.lrs.split(",") if v] if isinstance(self.lrs, str) else []
+        except ValueError:
+            raise ConfigError(f"--lrs expects comma-separated numbers like 1e-4,1e-3, got {self.lrs!r}") from None
+
+
+def main(cfg: SuiteConfig):
+    """Run an attack suite against a defended model and its references; write its tables and curves."""
+    check_folder(cfg.model)
+    return run_suite(cfg)
+
+
+if __name__ == "__main__":
+    cli(SuiteConfig, main)

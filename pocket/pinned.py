@@ -3,9 +3,10 @@
 assets/ ships the pocket base pipeline (base/), the never-learned UNet (never_learned/: the base's recipe with
 every unsafe image filtered out of the UNet's data), the tiny CLIP (clip/) and the evaluator (evaluator/), with
 assets/manifest.json: the sha256 of every file, and the command, seed, packages and CPU that built them.
-`restore_assets` copies them into runs/ after checking every file against the manifest; `ensure_base` is what
-the scripts call. `python toy_sd.py --out=DIR` rebuilds a set from nothing; float rounding differs between
-CPUs, so a rebuild on another machine gives another base.
+`restore_assets` copies them into runs/ after checking every file against the manifest; pipeline.load_pipeline
+calls `ensure_base` for runs/base, and the evaluator and the perceptual CLIP restore theirs the same way.
+`python -m pocket.toy_sd --out=DIR` rebuilds a set from nothing; float rounding differs between CPUs, so a
+rebuild on another machine gives another base.
 """
 from __future__ import annotations
 
@@ -14,18 +15,16 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from config import write_json
-from pipeline import load_pipeline
+from config import atomic, write_json
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PARTS = ("base", "never_learned", "clip", "evaluator")  # the folders of an asset set, each copied to runs/<part>
-REBUILD = "rebuild everything from nothing with `python toy_sd.py --out=assets` (about 15 minutes on 2 cores; " \
-          "on another CPU it gives another base)"
+REBUILD = ("rebuild everything from nothing with `python -m pocket.toy_sd --out=assets` (about 22 minutes on 2 "
+           "cores, assets/manifest.json records each part's seconds; on another CPU it gives another base)")
 
 
 def _sha256(path: Path) -> str:
@@ -77,28 +76,21 @@ def verify_assets(folder: Path = ASSETS) -> dict:
 
 
 def restore_assets(runs: str = "runs", folder: Path = ASSETS) -> None:
-    """Copy the pinned asset set into runs/ (each part that is missing there), after checking it."""
+    """Copy the pinned asset set into runs/ (each part that is missing there), after checking it. Two scripts
+    started together each copy; the first to finish moves its copy into place, the other drops its own."""
     missing = [p for p in PARTS if not (Path(runs) / p).exists()]
     if not missing:
         return
     verify_assets(folder)
-    Path(runs).mkdir(parents=True, exist_ok=True)
     for part in missing:
-        # a private temporary folder per process: two scripts started together each copy, the first to finish
-        # renames its copy into place, the other drops its own
-        tmp = Path(tempfile.mkdtemp(prefix=f".{part}.", dir=runs)) / part
-        shutil.copytree(Path(folder) / part, tmp)
-        try:
-            tmp.rename(Path(runs) / part)
-        except OSError:
-            if not (Path(runs) / part).exists():
-                raise
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        with atomic(Path(runs) / part, replace=False) as tmp:
+            shutil.copytree(Path(folder) / part, tmp)
     print(f"copied the pinned {', '.join(missing)} from {folder} into {runs}/ (checked against its manifest)")
 
 
-def ensure_base(out: str = "runs/base", device=None):
-    """The pocket base model: the pinned one (assets/), copied into runs/ on first use; loaded from `out`."""
+def ensure_base(out: str = "runs/base") -> None:
+    """The pocket base at its default path: the pinned one (assets/), copied into runs/ on first use; a note
+    when the folder there holds another build."""
     runs = str(Path(out).parent)
     restore_assets(runs)
     base_manifest = json.loads((ASSETS / "manifest.json").read_text()) if (ASSETS / "manifest.json").is_file() else {}
@@ -107,27 +99,15 @@ def ensure_base(out: str = "runs/base", device=None):
     if pinned and weights.is_file() and _sha256(weights) != pinned:
         print(f"note: {out} is not the pinned base of {ASSETS} (another build); remove {runs}/base, "
               f"{runs}/never_learned, {runs}/clip and {runs}/evaluator to use the pinned ones")
-    return load_pipeline(out, device)
-
-
-def load_never_learned(base: str = "runs/base", folder: str = "runs/never_learned", device=None):
-    """The base pipeline with the never-learned UNet in place of its own (a model that never saw unsafe images)."""
-    from diffusers import UNet2DConditionModel
-
-    if not Path(folder, "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a UNet folder: run `python nft_train.py` once (it copies the "
-                                f"pinned assets into runs/) or {REBUILD}")
-    pipe = load_pipeline(base, device)
-    pipe.unet = UNet2DConditionModel.from_pretrained(folder).to(pipe.device).eval().requires_grad_(False)
-    return pipe
 
 
 def load_clip(clip_dir: str = "runs/clip"):
-    """The frozen tiny CLIP (both towers), for the moderator's perceptual loss."""
+    """The frozen tiny CLIP (both towers), for the moderator's perceptual loss; the pinned one at runs/clip."""
     from transformers import CLIPModel
 
+    if Path(clip_dir) == Path("runs/clip"):
+        restore_assets("runs")
     if not Path(clip_dir, "config.json").is_file():
-        raise FileNotFoundError(f"{clip_dir} has no CLIP (config.json): remove the folder if it is there (an older "
-                                "layout), then any script copies the pinned one from assets/ on its first run; or "
-                                f"{REBUILD}")
+        raise FileNotFoundError(f"{clip_dir} has no CLIP (config.json): remove the folder, and any script copies the "
+                                f"pinned one from assets/ on its next run; or {REBUILD}")
     return CLIPModel.from_pretrained(clip_dir).eval().requires_grad_(False)

@@ -13,7 +13,7 @@ else*, the moderator sends them to zero; and neither touches the UNet, which sti
 
 ESD (Gandikota, Materzynska, Fiotto-Kaufman, Bau 2023, "Erasing Concepts from Diffusion Models"). The UNet
 is fine-tuned so that its prediction for an unsafe prompt c equals the frozen model's prediction guided
-*away* from c (negative classifier-free guidance, losses.esd_loss):
+*away* from c (negative classifier-free guidance, esd_loss):
 
     min_theta  || f_theta(x_t, t, c) - [f0(x_t, t, "") - eta (f0(x_t, t, c) - f0(x_t, t, ""))] ||^2
 The prompt c names the concept alone ("a skull", "a pair of swords": the `defense` words), as ESD erases
@@ -22,7 +22,7 @@ prompts share. ESD-u trains every UNet weight but the cross-attention (attn2) on
 nudity; ESD-x, the default here (measured: README), only the cross-attention ones, its choice for specific
 concepts (--esd_train). The paper draws x_t by partly sampling the model with c; we noise the defender's
 unsafe images' latents at a random t (the distribution the base model learned for c, and no sampling per
-step). Unlike `erase` (nft_train.py --unet=erase: unsafe prompts denoise to black, benign retention) ESD has
+step). Unlike `erase` (nft_train.py --unlearn_steps=1000: unsafe prompts denoise to black, benign retention) ESD has
 no target image and no benign term: the concept is steered away, not refused, and nothing holds benign
 prompts in place.
 
@@ -52,19 +52,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import losses
-from config import cli, option, pick_device, run_record, seed_everything
+from config import RunConfig, cli, option, pick_device, run_record, seed_everything
+from pipeline import build_scheduler, encode_images, encode_text, load_pipeline, save_pipeline, to_tensor
+from pocket.pinned import load_clip
 
 BASELINES = ("safetext", "esd", "filter")
 
 
 @dataclasses.dataclass
-class BaselineConfig:
+class BaselineConfig(RunConfig):
     model: str = option("runs/base", "pipeline folder to defend")
     baseline: str = option("safetext", "which baseline to train", BASELINES)
     name: str = option("", "outputs go to runs/<name>/ (default: runs/<baseline>)")
-    seed: int = option(0, "seeds the defender's data and training")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
     # SafeText
     steps: int = option(300, "SafeText: steps")
     batch: int = option(16, "SafeText: prompts per kind per step")
@@ -112,10 +111,25 @@ def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------
 # ESD
+def esd_loss(unet, unet0, scheduler, x0, cond, cond_empty, eta: float = 1.0, generator=None):
+    """L_esd (ESD, Gandikota et al. 2023): the UNet's prediction for the concept's prompt c is pulled to the
+    frozen model's prediction *guided away* from c: f0(x_t, "") - eta * (f0(x_t, c) - f0(x_t, "")).
+
+    Classifier-free guidance with scale -eta, baked into the weights: sampling with c now steers away from the
+    concept. x0: latents of the concept's images (B, 4, h, w), noised at a random t as the training input;
+    cond, cond_empty: (B, T, D) features of the concept's prompts and of "".
+    """
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    with torch.no_grad():
+        f_c = unet0(x_t, t, encoder_hidden_states=cond).sample
+        f_empty = unet0(x_t, t, encoder_hidden_states=cond_empty).sample
+    return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, f_empty - eta * (f_c - f_empty))
+
+
 def train_esd(pipe, cfg: BaselineConfig, device) -> dict:
     """Erase the unsafe concepts from pipe.unet in place with ESD's objective; returns the last loss."""
-    from pipeline import build_scheduler, encode_images, encode_text, to_tensor
-
     scenes = data.sample_scenes("defender", cfg.n_images, list(data.UNSAFE), "defense", seed=cfg.seed)
     rng = random.Random(cfg.seed)  # ESD's prompt names the concept alone: "a skull", "a pair of swords", ...
     concepts = [f"a {rng.choice(data.words(o, 'defense'))}" for o in scenes.objects]
@@ -136,7 +150,7 @@ def train_esd(pipe, cfg: BaselineConfig, device) -> dict:
     bar = tqdm(range(cfg.esd_steps), desc="ESD")
     for _ in bar:
         i = torch.randint(len(z_u), (cfg.batch,), generator=g)
-        loss = losses.esd_loss(unet, unet0, sched, z_u[i], c_u[i], c_empty, cfg.eta, generator=g)
+        loss = esd_loss(unet, unet0, sched, z_u[i], c_u[i], c_empty, cfg.eta, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -265,13 +279,8 @@ def quiet_checker() -> None:
 # ---------------------------------------------------------------------------------------------------------
 def build(cfg: BaselineConfig) -> Path:
     """Train the baseline named by cfg.baseline on cfg.model and save it; returns the folder."""
-    from pipeline import load_pipeline, save_pipeline
-    from pinned import ensure_base, load_clip
-
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    if cfg.model == "runs/base":
-        ensure_base()
     pipe = load_pipeline(cfg.model, device)
     t0 = time.time()
     if cfg.baseline == "safetext":

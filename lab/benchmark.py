@@ -31,14 +31,20 @@ import torch
 
 import data
 import losses
-from config import ConfigError, build, cli, option, pick_device, pick_dtype, run_record, seed_everything, write_json
+import nft_train
+import perceptual
+from config import (ConfigError, RunConfig, build, cli, option, pick_device, pick_dtype, run_record, seed_everything,
+                    wait_for, write_json)
+from moderator import ModeratorJob, train_decoder_moderator
+from pipeline import build_scheduler, image_size, load_pipeline
+from pocket.toy_sd import random_sd15
 
 CASES = ("plain", "nft_deepcopy", "nft_inplace", "nft_inplace_gc", "moderator", "moderator_gc")
 WORDS = ["a", "red", "blue", "circle", "square", "on", "grass", "sand"]  # captions from the pocket vocabulary
 
 
 @dataclasses.dataclass
-class BenchConfig:
+class BenchConfig(RunConfig):
     model: str = option("runs/sd15_random", "pipeline folder; the default is built (random SD v1.5 shape) if missing")
     name: str = option("benchmark", "outputs go to runs/<name>/")
     cases: str = option(",".join(CASES), f"comma-separated, from: {', '.join(CASES)}")
@@ -46,8 +52,6 @@ class BenchConfig:
     batch: int = option(4, "batch of every term (the UNet's and the moderator's)")
     inner_steps: int = option(3, "K of the NFT loop")
     images: int = option(16, "noise images per folder (defender's unsafe and benign)")
-    seed: int = option(0, "seeds the images, the sampled attackers and the noise")
-    device: str = option("auto", "auto picks cuda, then mps, then cpu", ("auto", "cpu", "cuda", "mps"))
 
     def __post_init__(self):
         unknown = [c for c in self.cases.split(",") if c not in CASES]
@@ -97,19 +101,16 @@ def clean(pipe, device) -> None:
 
 def plain_steps(pipe, z, c, cfg: BenchConfig, device) -> list[float]:
     """The attacker's plain fine-tuning of the UNet, as attack.py does it (Adam, lr 1e-4)."""
-    from pipeline import build_scheduler
-
     unet, sched = pipe.unet.train().requires_grad_(True), build_scheduler("ddpm")
     opt, gen, seconds = torch.optim.Adam(unet.parameters(), lr=1e-4), torch.Generator().manual_seed(cfg.seed), []
     for _ in range(cfg.steps):
         t0 = time.perf_counter()
         i = torch.randint(len(z), (cfg.batch,), generator=gen)
-        loss = losses.diffusion_loss(unet, sched, z[i], c[i], generator=gen)
+        loss = losses.diffusion_loss(*losses.denoise(unet, sched, z[i], c[i], gen))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        wait_for(device)
         seconds.append(time.perf_counter() - t0)
     unet.eval().requires_grad_(False)
     return seconds
@@ -117,9 +118,6 @@ def plain_steps(pipe, z, c, cfg: BenchConfig, device) -> list[float]:
 
 def moderator_steps(pipe, folder_u: Path, folder_b: Path, cfg: BenchConfig, device, checkpointing: bool) -> list[float]:
     """The decoder moderator's mean seconds per step over cfg.steps steps (collecting features not counted)."""
-    import perceptual
-    from moderator import ModeratorJob, train_decoder_moderator
-
     job = build(ModeratorJob, {"model": cfg.model, "seed": cfg.seed, "moderator.steps": cfg.steps,
                                "moderator.batch": cfg.batch, "moderator.n_generated": 0, "data.unsafe": str(folder_u),
                                "data.benign": str(folder_b), "memory.gradient_checkpointing": checkpointing})
@@ -130,10 +128,6 @@ def moderator_steps(pipe, folder_u: Path, folder_b: Path, cfg: BenchConfig, devi
 
 def main(cfg: BenchConfig):
     """Time one plain fine-tuning step, one NFT outer step (three memory settings) and one moderator step."""
-    import nft_train
-    from pipeline import image_size, load_pipeline
-    from toy_sd import random_sd15
-
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     if cfg.model == "runs/sd15_random" and not (Path(cfg.model) / "model_index.json").is_file():
