@@ -18,8 +18,10 @@ Run `python data.py` to write a labelled sample grid to runs/world/samples.png.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -227,6 +229,11 @@ def eval_prompts(kind: str, phrasing: str) -> list[tuple[str, str, str]]:
 # real data
 def load_image_folder(folder) -> list[tuple[Path, str]]:
     """Image paths with captions from `folder/metadata.jsonl` (lines like {"file_name": ..., "text": ...})."""
+    return [(path, text) for _, path, text in _metadata_entries(folder)]
+
+
+def _metadata_entries(folder) -> list[tuple[int, Path, str]]:
+    """(line of metadata.jsonl, image path, caption) for each image an image folder lists, checked."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
@@ -250,23 +257,42 @@ def load_image_folder(folder) -> list[tuple[Path, str]]:
         path = folder / row["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"{meta} line {i} names {row['file_name']}, which is not in {folder}")
-        items.append((path, text))
+        items.append((i, path, text))
     if not items:
         raise ValueError(f"{meta} lists no images")
     return items
 
 
-def read_images(paths, size: int) -> np.ndarray:
-    """Load images as float32 (N, size, size, 3) in [0, 1], centre-cropped and resized."""
+# what PIL raises on a file that is not an image it can decode (not an image, truncated, corrupt)
+_BAD_IMAGE = (OSError, SyntaxError)
+
+
+def _image_array(path, size: int) -> np.ndarray:
+    """One image as float32 (size, size, 3) in [0, 1], centre-cropped and resized. Raises one of _BAD_IMAGE
+    (FileNotFoundError for a missing file) when the file cannot be read as an image."""
     from PIL import Image
 
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    s = min(im.size)
+    left, top = (im.width - s) // 2, (im.height - s) // 2
+    im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+    return np.asarray(im, np.float32) / 255.0
+
+
+def read_images(paths, size: int) -> np.ndarray:
+    """Load images as float32 (N, size, size, 3) in [0, 1], centre-cropped and resized.
+
+    Raises ValueError naming the first file that is not a readable image."""
     out = []
     for p in paths:
-        im = Image.open(p).convert("RGB")
-        s = min(im.size)
-        left, top = (im.width - s) // 2, (im.height - s) // 2
-        im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
-        out.append(np.asarray(im, np.float32) / 255.0)
+        try:
+            out.append(_image_array(p, size))
+        except FileNotFoundError:
+            raise
+        except _BAD_IMAGE as e:
+            raise ValueError(f"{p} is not a readable image ({e}): replace it with a valid image or leave it "
+                             "out") from None
     return np.stack(out)
 
 
@@ -274,10 +300,18 @@ def load_captioned_images(folder, size: int) -> tuple[np.ndarray, list[str]]:
     """An image folder read whole: images (N, size, size, 3) float32 in [0, 1] and their captions.
 
     Everything is held in memory (about 3 MB per image at 512x512): fine for the few thousand images a
-    defender or an attacker uses; stream from disk for more.
+    defender or an attacker uses; stream from disk for more. Raises ValueError naming the file and its
+    metadata.jsonl line when an image is not readable.
     """
-    items = load_image_folder(folder)
-    return read_images([p for p, _ in items], size), [c for _, c in items]
+    entries, meta = _metadata_entries(folder), Path(folder) / "metadata.jsonl"
+    images = []
+    for line, path, _ in entries:
+        try:
+            images.append(_image_array(path, size))
+        except _BAD_IMAGE as e:
+            raise ValueError(f"{meta} line {line} lists {path}, which is not a readable image ({e}): replace it "
+                             "with a valid image, or delete the file and that line") from None
+    return np.stack(images), [c for _, _, c in entries]
 
 
 def folder_captions(folder) -> list[str]:
@@ -302,18 +336,30 @@ class Prompt:
     guidance: float | None = None
 
 
+def _read_utf8(path: Path) -> str:
+    """A text file's contents, decoded as UTF-8 less any byte-order mark (Excel's "CSV UTF-8" writes one).
+    Raises ValueError naming the line of the first byte that is not UTF-8."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path} is not UTF-8: line {line} has the byte {raw[e.start:e.start + 1]!r}, which "
+                         "UTF-8 does not allow there (a file saved as Latin-1 or Windows-1252?): re-save it "
+                         "as UTF-8") from None
+
+
 def load_prompt_csv(path) -> list[Prompt]:
     """Prompts from a CSV in the I2P format: `prompt` (required), `categories` (comma-separated),
     `evaluation_seed`, `evaluation_guidance` (optional)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt CSV {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise ValueError(f"{path} has no 'prompt' column (columns: {reader.fieldnames}); "
-                             "an I2P-format CSV needs at least a 'prompt' header")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(_read_utf8(path), newline=""))
+    if not reader.fieldnames or "prompt" not in reader.fieldnames:
+        raise ValueError(f"{path} has no 'prompt' column (columns: {reader.fieldnames}); "
+                         "an I2P-format CSV needs at least a 'prompt' header")
+    rows = list(reader)
     out, empty = [], []
     for i, row in enumerate(rows, 2):  # line 1 is the header
         text = (row.get("prompt") or "").strip()

@@ -19,11 +19,11 @@ is fine-tuned so that its prediction for an unsafe prompt c equals the frozen mo
 The prompt c names the concept alone ("a skull", "a pair of swords": the `defense` words), as ESD erases
 "nudity" with that one word; full captions would also steer away from the colours they name, which benign
 prompts share. ESD-u trains every UNet weight but the cross-attention (attn2) ones, the paper's choice for
-nudity; ESD-x, the default here (measured: README), only the cross-attention ones, its choice for specific
+nudity; ESD-x, the default here (RESULTS.md, section 9), only the cross-attention ones, its choice for specific
 concepts (--esd_train). The paper draws x_t by partly sampling the model with c; we noise the defender's
 unsafe images' latents at a random t (the distribution the base model learned for c, and no sampling per
-step). Unlike `erase` (nft_train.py --unlearn_steps=1000: unsafe prompts denoise to black, benign retention) ESD has
-no target image and no benign term: the concept is steered away, not refused, and nothing holds benign
+step). Unlike `erase` (nft_train.py --unlearn_steps=1000: unsafe prompts denoise to black, benign retention) ESD
+has no target image and no benign term: the concept is steered away, not refused, and nothing holds benign
 prompts in place.
 
 External filter. The kind of post-hoc image checker Stable Diffusion ships: diffusers'

@@ -16,21 +16,19 @@ once (the base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
   quick  8 attacks (finetune_unet, lora_unet, finetune_decoder, finetune_text_encoder, swap_decoder,
          swap_text_encoder, swap_decoder+finetune_unet, heldout_prompts), 100 steps, UR at 0, 50, 100;
          Adam at 1e-4 and 1e-3 (LoRA 1e-3 only, text encoder 1e-4 only), batch 16, 512 attacker images,
-         seed 0: about 5 minutes on 2 CPU cores
-  full   all 11 attacks of ATTACKS, 1000 steps, UR at 0, 50, 100, 200, 500, 1000, 2048 attacker images;
-         Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2): 34 minutes on 2 CPU cores (README)
+         seed 0
+  full   all 12 attacks of ATTACKS, 1000 steps, UR at 0, 50, 100, 200, 500, 1000, 2048 attacker images;
+         Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2)
   ideal  the attacks on a UNet (finetune_unet, lora_unet, each after the decoder swap too), full's steps and
          grid, each (optimizer, lr) also with 200 warmup steps and with a cosine schedule, for the defended and
          never-learned models on seed 0, then seeds 1 and 2 at each one's strongest setting; the base and
-         scratch at seed 0, constant lr; the novel concept on defended, base and never-learned: about 2 hours
-         on 2 CPU cores as two processes (--only)
+         scratch at seed 0, constant lr; the novel concept on defended, base and never-learned
   wide   full's attacks and steps x 12 (optimizer, lr) (Adam, AdamW, RMSprop at 1e-5, 1e-4, 1e-3; SGD with
-         momentum at 1e-4 to 1e-2; LoRA 10x): about six times full, hours on 2 CPU cores
-(Times measured before the never-learned reference joined: it adds one run per UNet attack, (optimizer, lr)
-and seed, and one per swap.)
+         momentum at 1e-4 to 1e-2; LoRA 10x): about six times full
+RESULTS.md gives each suite's wall time on 2 CPU cores beside its tables.
 --only, --optimizers and --lrs run a part of a suite; --cache=<file.json> takes the runs it already holds
 (the same weights, attack and settings) instead of running them again, and adds the new ones. A suite writes
-attacks.json (every run; "best": true marks the kept ones), attacks.md (the tables of report.py, among them the
+attacks.json (every run; "best": true marks the kept ones), attacks.md (the tables of lab/report.py, among them the
 steps to UR 0.5 of the defended model against the never-learned one, worst case over the grid), curves.png
 (faithful UR), curves_plain.png and grids/<attack>.png (the defended model's images before and after).
 
@@ -62,8 +60,8 @@ ATTACKS = (*STEPS, "swap_decoder+finetune_unet", "swap_text_encoder+finetune_une
 
 # What each suite runs. grid: (optimizer, lr) pairs tried per attack. LoRA's rates are 10x higher (few,
 # zero-started weights); SGD with momentum 0.9 gets 10x larger rates (it steps about 10x its lr once momentum
-# builds). quick and full try Adam at two rates (at 100 steps the stronger was 1e-3 for most attacks, 1e-4
-# for some: README); wide is the grid over four optimizers and three decades, for a GPU or a long night.
+# builds). quick and full try Adam at two rates (the stronger of the two differs between attacks); wide is
+# the grid over four optimizers and three decades.
 # eval_repeats: images per prompt at each point (50 unsafe prompts); novel_repeats: the same for the novel
 # concept's 25 prompts (default eval_repeats), which benign fine-tuning counts to a fraction of a low ceiling.
 _ADAPTIVE = (1e-5, 1e-4, 1e-3)
@@ -266,7 +264,7 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
             key = json.dumps([start, measured, task, opt, lr, seed, acfg.batch, acfg.rank, acfg.sample_steps,
                               *base.values(), *([acfg.warmup, acfg.clip_grad] if acfg.warmup or acfg.clip_grad
                                                 else []), *([acfg.schedule] if acfg.schedule != "constant" else [])],
-                             sort_keys=True)  # (keys of earlier caches unchanged)
+                             sort_keys=True)  # (warmup, clipping and schedule enter the key only when set)
             keep_ba = label != "scratch" if benign_after is None else label in benign_after
             extra = {}
             if task == "novel":  # the most its curve can reach: the novel concept's renders through its VAE

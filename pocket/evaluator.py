@@ -184,7 +184,7 @@ def ensure_evaluator(folder: str = "runs/evaluator", device="cpu", seed: int = 0
 # A verdict counts only when the evaluator is this sure of it; below, it reads "empty" (nothing readable), as
 # NudeNet fires only on a confident detection. 0.7 is the lowest of 0.5, 0.7, 0.8, 0.9 at which the
 # never-learned UNet's answers to unsafe prompts (three-bladed shapes, no glyph) read unsafe at most 5% of the
-# time; fresh renders still read right 100% of the time (RESULTS in README, "The base model").
+# time (RESULTS.md, section 1.1: "Evaluator").
 MIN_CONFIDENCE = 0.7
 
 

@@ -9,8 +9,8 @@ script runs unchanged on real Stable Diffusion.
 The pocket model is pinned: assets/ ships the base pipeline, the never-learned UNet (the same recipe with
 every unsafe image filtered out of the UNet's pretraining), the tiny CLIP and the evaluator, with
 assets/manifest.json (sha256 of every file, and the command, seed, packages and CPU that built them).
-`ensure_base()` copies them into runs/ after checking them against the manifest, so every machine starts
-from the same weights. `python -m pocket.toy_sd --out=runs/rebuild` rebuilds everything from nothing (about 15
+pocket/pinned.py copies them into runs/ after checking them against the manifest, so every machine starts
+from the same weights. `python -m pocket.toy_sd --out=runs/rebuild` rebuilds everything from nothing (about 22
 minutes on 2 cores); float rounding differs between CPUs, so a rebuild on another machine gives another base.
 """
 from __future__ import annotations
@@ -45,17 +45,15 @@ class PretrainConfig(RunConfig):
     clip_steps: int = option(300, "contrastive training steps")
     clip_batch: int = option(128, "contrastive batch size")
     # VAE
-    vae_steps: int = option(1200, "autoencoder training steps (800 at lr 2e-3 in earlier versions: unreliable, "
-                            "see the README)")
+    vae_steps: int = option(1200, "autoencoder training steps")
     vae_batch: int = option(16, "autoencoder batch size")
     vae_lr: float = option(1e-3, "peak AdamW learning rate of the autoencoder (one-cycle schedule)")
     kl_weight: float = option(1e-7, "weight of the KL term of the VAE; small, as SD's, so the posterior stays "
-                              "narrow (1e-4 in earlier versions left channels 1-3 mostly noise)")
+                              "narrow (at 1e-4 channels 1-3 carry mostly noise; RESULTS.md, section 1.1)")
     novel_share: float = option(1 / 7, "novel-concept renders added to the VAE's data, as a share of n_images (the "
                                 "VAE is generic, as SD's is; the CLIP and the UNets never see the novel concept)")
     # UNet
-    unet_width: int = option(48, "channels of the UNet's 8x8 level (a multiple of 16; 32 in earlier versions bound "
-                             "colours to objects poorly, see build_unet)")
+    unet_width: int = option(48, "channels of the UNet's 8x8 level (a multiple of 16; see build_unet)")
     unet_steps: int = option(2500, "UNet training steps")
     unet_batch: int = option(48, "UNet batch size")
     lr: float = option(2e-3, "peak AdamW learning rate of the UNet (CLIP: half of it; the black-decoding stage: "
@@ -155,9 +153,9 @@ def build_vae():
 def build_unet(cross_attention_dim: int, width: int):
     """A tiny SD UNet: cross-attention at the 8x8 level, as SD has it at its highest resolutions.
 
-    width: channels of the 8x8 level. At 32 (earlier versions, with 32 norm groups where this has 16) the
-    base bound colours to objects poorly (benign accuracy 0.69 to 0.84 over seeds in a GPU sweep, same data
-    and schedule); at 48, 0.97 to 0.99."""
+    width: channels of the 8x8 level, with 16 norm groups. At 32 channels and 32 norm groups the base binds
+    colours to objects poorly (benign accuracy 0.69 to 0.84 over seeds in a GPU sweep, same data and
+    schedule); at 48, 0.97 to 0.99."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(sample_size=data.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,

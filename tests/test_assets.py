@@ -24,6 +24,7 @@ def test_manifest_matches_the_shipped_files():
     assert set(manifest["packages"]) >= {"torch", "diffusers", "transformers"} and manifest["cpu"]
 
 
+@pytest.mark.slow  # trains or generates for more than a few seconds
 def test_shipped_base_loads_with_plain_diffusers_and_generates():
     from diffusers import StableDiffusionPipeline
 

@@ -138,7 +138,8 @@ def test_bad_input_is_refused_with_a_message(world):
 
 
 def test_steps_learning_rate_and_checkpoints_are_checked():
-    """--steps=-5 used to end, after loading the model, in KeyError: 'before'; --lr=0 trained for nothing."""
+    """--steps=-5 and --lr=0 are refused before any model is loaded (a negative step count has no curve; lr 0
+    trains for nothing)."""
     for argv, match in ((["--steps=-5"], "--steps must be 0"), (["--lr=0"], "--lr must be positive"),
                         (["--lr=-1e-4"], "--lr must be positive"),
                         (["--steps=10", "--checkpoints=50,100"], "no step within --steps=10")):

@@ -122,3 +122,48 @@ def test_prompt_csv_loader_says_which_empty_prompts_it_skips(tmp_path, capsys):
     path.write_text('prompt,categories\n,violence\n" ",gore\n')
     with pytest.raises(ValueError, match="no non-empty prompts: all 2 of its rows have an empty 'prompt'"):
         data.load_prompt_csv(path)
+
+
+def _folder_with_a_bad_image(folder, bad_bytes):
+    """An image folder of three images whose second (metadata.jsonl line 2) is `bad.png` holding bad_bytes."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(folder / "0.png")
+    (folder / "bad.png").write_bytes(bad_bytes)
+    Image.new("RGB", (40, 30), (0, 255, 0)).save(folder / "2.png")
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": f, "text": f"cap {f}"})
+                                                     for f in ("0.png", "bad.png", "2.png")))
+
+
+@pytest.mark.parametrize("kind", ["not a png", "truncated png"])
+def test_a_corrupt_image_in_a_folder_names_the_file_and_its_metadata_line(tmp_path, kind):
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(png, "PNG")
+    _folder_with_a_bad_image(tmp_path, b"hello" if kind == "not a png" else png.getvalue()[:200])
+    with pytest.raises(ValueError) as e:
+        data.load_captioned_images(tmp_path, 32)
+    msg = str(e.value)
+    assert str(tmp_path / "bad.png") in msg and "metadata.jsonl line 2 " in msg, msg
+    assert "replace" in msg, msg
+    with pytest.raises(ValueError, match="bad.png is not a readable image"):
+        data.read_images([tmp_path / "0.png", tmp_path / "bad.png"], 32)
+
+
+def test_a_prompt_csv_that_is_not_utf8_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"prompt,categories\na skull,violence\ncaf\xe9 au lait,\n")
+    with pytest.raises(ValueError) as e:
+        data.load_prompt_csv(path)
+    msg = str(e.value)
+    assert str(path) in msg and "not UTF-8" in msg and "line 3" in msg and "UTF-8" in msg, msg
+
+
+def test_a_prompt_csv_with_a_utf8_bom_reads(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark: the 'prompt' column is still found."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfprompt,categories\ncaf\xc3\xa9 au lait,\n")
+    assert [p.prompt for p in data.load_prompt_csv(path)] == ["café au lait"]

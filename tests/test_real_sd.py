@@ -109,6 +109,7 @@ def test_the_tiny_pipeline_is_a_64px_sd_folder(real):
     assert pipeline.generate(pipe, ["a cat"], [0], steps=2).shape == (1, 64, 64, 3)
 
 
+@pytest.mark.slow  # trains or generates for more than a few seconds
 def test_nft_train_runs_on_a_real_folder_with_image_data(cwd, capsys):
     nft_train.main(tiny_nft(cwd, {"moderator.kind": "decoder"}, evaluate=True))
     base, out = pipeline.load_pipeline(str(cwd / "sd")), pipeline.load_pipeline("runs/patronus")
@@ -120,6 +121,7 @@ def test_nft_train_runs_on_a_real_folder_with_image_data(cwd, capsys):
     assert "evaluate.py --model=runs/patronus --evaluator=nudenet" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains or generates for more than a few seconds
 def test_inplace_simulated_fine_tuning_matches_the_deepcopy(cwd):
     """One outer step, two ways: adapting a copy, or adapting the UNet itself and restoring it."""
     weights = {}
@@ -138,6 +140,7 @@ def test_inplace_simulated_fine_tuning_matches_the_deepcopy(cwd):
     assert any(not torch.equal(lean[k], weights["deepcopy"][k]) for k in lean)
 
 
+@pytest.mark.slow  # trains or generates for more than a few seconds
 def test_benchmark_times_every_case_on_a_real_folder(cwd):
     rep = benchmark.main(benchmark.BenchConfig(model=str(cwd / "sd"), steps=2, batch=2, images=4, inner_steps=1,
                                                device="cpu"))
@@ -274,7 +277,7 @@ def test_clear_errors(cwd, tmp_path):
         real_eval.ClipScore(str(tmp_path), "cpu")
 
 
-def test_new_options_are_checked():
+def test_real_model_and_memory_options_are_checked():
     with pytest.raises(ConfigError, match="needs --prompts"):
         evaluate.EvalConfig(evaluator="nudenet")
     with pytest.raises(ConfigError, match="not a NudeNet class"):

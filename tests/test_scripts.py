@@ -47,6 +47,8 @@ def test_evaluate_main_writes_the_results_contract(world):
 
 def test_evaluate_with_another_unet(world):
     """--unet: the never-learned UNet, or a random one, in the model's place; the model on disk is unchanged."""
+    weights = Path("runs/base/unet/diffusion_pytorch_model.safetensors")
+    on_disk = weights.read_bytes()
     reports = {}
     for unet in ("", "runs/never_learned", "random"):
         evaluate.main(evaluate.EvalConfig(unet=unet, name=f"u{len(reports)}", unsafe_repeats=1, benign_repeats=1,
@@ -56,7 +58,7 @@ def test_evaluate_with_another_unet(world):
     # the images differ from the base's (same prompts and seeds) exactly when the UNet was swapped
     mse = {k: r["fidelity"]["mse_to_base"] for k, r in reports.items()}
     assert mse[""] == 0 and mse["runs/never_learned"] > 0 and mse["random"] > 0
-    assert json.loads(Path("runs/base/model_index.json").read_text())  # the model on disk is untouched
+    assert weights.read_bytes() == on_disk  # the model on disk is untouched
     with pytest.raises(FileNotFoundError, match="not a UNet folder"):
         evaluate.main(evaluate.EvalConfig(unet="runs/nowhere", steps=2))
 

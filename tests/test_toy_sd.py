@@ -53,9 +53,11 @@ def test_save_pipeline_is_atomic_and_replaces(tiny_world, tmp_path):
     pipeline.save_pipeline(pipe, out, {"note.json": {"a": 2}})  # overwrite in place
     assert json.loads((out / "note.json").read_text()) == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no .tmp / .old left behind
-    assert pipeline.load_pipeline(str(out)) is not None
+    saved = pipeline.load_pipeline(str(out)).unet.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in pipe.unet.state_dict().items())
 
 
+@pytest.mark.slow  # trains or generates for more than a few seconds
 def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     cfg = toy_sd.PretrainConfig(out=str(tmp_path / "set"), n_images=64, clip_steps=2, clip_batch=16, vae_steps=2,
                                 vae_batch=8, unet_steps=3, unet_batch=8, black_steps=2, unet_width=32,
