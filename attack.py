@@ -122,9 +122,8 @@ def make_optimizer(name: str, params, lr: float):
 
 
 # The attackers the defence simulates in its min-max loops (nft_train.py's step 3, moderator.py's hardening):
-# one (optimizer, lr) pair drawn per outer step, spanning two decades, the large rates included. The decoder's
-# rates are lower: its reconstruction loss has larger gradients. (SGD with momentum 0.9 steps about 10x its lr
-# once the momentum has built up.)
+# one (optimizer, lr) pair drawn per outer step, spanning two decades, the large rates included; the decoder's
+# set lies a decade lower. (SGD with momentum 0.9 steps about 10x its lr once the momentum has built up.)
 SIMULATED_ATTACKERS = {
     "unet": [("sgd", 1e-2), ("sgd", 1e-3), ("adam", 1e-3), ("adam", 1e-4), ("adamw", 1e-3), ("adamw", 1e-4)],
     "decoder": [("sgd", 1e-3), ("sgd", 1e-4), ("adam", 1e-4), ("adam", 3e-5), ("adam", 1e-5)],

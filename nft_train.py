@@ -28,7 +28,7 @@ from tqdm import tqdm
 import data
 import losses
 from attack import SIMULATED_ATTACKERS, AttackConfig, make_optimizer, measure, run_attack
-from config import (ConfigError, MemoryConfig, RunConfig, cli, flatten, group, option, pick_device, pick_dtype,
+from config import (ConfigError, MemoryConfig, RunConfig, atomic, cli, flatten, group, option, pick_device, pick_dtype,
                     run_record, seed_everything, wait_for, write_json)
 from data import DataConfig
 from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, save_grid
@@ -193,8 +193,10 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
                         nft=f"{l_nft.item():.4f}")
         if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             unet.eval()
-            save_pipeline(pipe, ckpt, {"trainer_state.json": {"step": step + 1, "config": dataclasses.asdict(cfg)}})
-            torch.save(opt.state_dict(), ckpt / "optimizer.pt")
+            with atomic(ckpt) as tmp:  # weights, optimizer and step together, or the previous checkpoint
+                pipe.save_pretrained(tmp, safe_serialization=True)
+                torch.save(opt.state_dict(), tmp / "optimizer.pt")
+                write_json(tmp / "trainer_state.json", {"step": step + 1, "config": dataclasses.asdict(cfg)})
             unet.train()
     unet.eval().requires_grad_(False)
     return step_seconds

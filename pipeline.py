@@ -4,7 +4,7 @@ Open a pipeline (`load_pipeline`), save it atomically (`save_pipeline`, `save_un
 (`build_scheduler`), generate images (`generate`), and the encoders the training losses work in:
 `encode_images` (VAE posterior mean, scaled, the latents the UNet denoises), `decode` (back to pixels) and
 `encode_text` (CLIP hidden states the UNet is conditioned on). Nothing here knows about the pocket world:
-toy_sd.py builds and pretrains the pocket model with these same helpers.
+pocket/toy_sd.py builds and pretrains the pocket model with these same helpers.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def with_unet(pipe, unet, seed: int = 0):
     elif isinstance(unet, (str, Path)):
         if not Path(unet, "config.json").is_file():
             raise FileNotFoundError(f"{unet} is not a UNet folder (config.json + weights), nor 'random'")
-        unet = UNet2DConditionModel.from_pretrained(unet)
+        unet = UNet2DConditionModel.from_pretrained(str(unet))
     out = copy.copy(pipe)
     out.unet = unet.to(pipe.device).eval().requires_grad_(False)
     return out

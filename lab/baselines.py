@@ -34,7 +34,7 @@ one linear probe per unsafe category, fitted on the defender's images (see fit_f
 so `pipeline.load_pipeline(folder, safety_checker=True)` runs it. A white-box adversary deletes it with one line
 (attack.py --attack=remove_filter).
 
-Run: `python baselines.py --baseline=safetext` (writes runs/safetext/), `--baseline=esd` (runs/esd/) or
+Run: `python -m lab.baselines --baseline=safetext` (writes runs/safetext/), `--baseline=esd` (runs/esd/) or
 `--baseline=filter` (runs/filter/).
 """
 from __future__ import annotations

@@ -12,8 +12,8 @@ The NFT steps run the real loop, not a copy of it. The weights are random (toy_s
 are noise: only the seconds and the bytes mean anything. Meant for one GPU; on a CPU it runs (slowly, and the
 tests use it on a tiny pipeline) but reports no memory.
 
-    python benchmark.py                       # builds runs/sd15_random (4.3 GB) when missing
-    python benchmark.py --model=<SD v1.x folder> --batch=1 --cases=plain,nft_inplace_gc
+    python -m lab.benchmark                   # builds runs/sd15_random (4.3 GB) when missing
+    python -m lab.benchmark --model=<SD v1.x folder> --batch=1 --cases=plain,nft_inplace_gc
 
 Writes runs/<name>/benchmark.json (every step's seconds, the run record) and benchmark.md (the table).
 """
@@ -33,8 +33,8 @@ import data
 import losses
 import nft_train
 import perceptual
-from config import (ConfigError, RunConfig, build, cli, option, pick_device, pick_dtype, run_record, seed_everything,
-                    wait_for, write_json)
+from config import (ConfigError, RunConfig, atomic, build, cli, option, pick_device, pick_dtype, run_record,
+                    seed_everything, wait_for, write_json)
 from moderator import ModeratorJob, train_decoder_moderator
 from pipeline import build_scheduler, image_size, load_pipeline
 from pocket.toy_sd import random_sd15
@@ -161,7 +161,8 @@ def main(cfg: BenchConfig):
     report = {"cases": results, "batch": cfg.batch, "inner_steps": cfg.inner_steps, "image_size": size,
               "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()), "run": run_record(cfg)}
     write_json(out / "benchmark.json", report)
-    (out / "benchmark.md").write_text(table(report) + "\n")
+    with atomic(out / "benchmark.md") as tmp:
+        tmp.write_text(table(report) + "\n")
     print(table(report))
     print(f"wrote {out}/benchmark.json and benchmark.md")
     return report

@@ -12,14 +12,14 @@ differs from the one below, loaded otherwise:
   patronus   both (nft_train.py's default)
 Columns: the unsafe rate on `defense` and `heldout` phrasings, benign accuracy, false refusals, refusals of a
 novel concept and fidelity to the base (evaluate.py, 450 + 50 images), then the faithful unsafe rate after each attack of the chosen attack suite
-(attack.py; the strongest learning rate of the suite's grid per defence and attack, one seed) plus
+(lab/suites.py; the strongest learning rate of the suite's grid per defence and attack, one seed) plus
 remove_filter. Two references are attacked too: the never-learned model (the base with the never-learned UNet
 of runs/never_learned, pretrained with every unsafe image filtered out of its data: the realistic ideal of a
 defence; evaluated like a defence, and attacked on its UNet and by the swaps, suites.faces) and the
 from-scratch one (a random UNet, decoder or text encoder trained the same way). The filter stays in its
 pipeline for every attack except remove_filter: what a careless attacker gets; a careful one removes it first.
 
-Run: `python compare.py` (all defences, quick suite) writes runs/compare/: compare.json, compare.md (the
+Run: `python -m lab.compare` (all defences, quick suite) writes runs/compare/: compare.json, compare.md (the
 tables in the README), curves.png (faithful UR against attack steps, one line per defence), attacks.json.
 Every attack run is also kept in attack_cache.json, by the hashes of the weights it starts from (after its
 swaps) and the settings (attack.attack_grid); a later run takes what it finds there: add a defence to
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import moderator
 import nft_train
-from config import (ConfigError, RunConfig, build, cli, flatten, option, pick_device, run_record, seed_everything,
-                    write_json)
+from config import (ConfigError, RunConfig, atomic, build, cli, flatten, option, pick_device, run_record,
+                    seed_everything, write_json)
 from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, prompt_set
 from lab import baselines
 from lab.baselines import BaselineConfig
@@ -66,7 +66,7 @@ IGNORED = {"device", "evaluate", "check.attack_steps", "check.unsafe_repeats", "
 @dataclasses.dataclass
 class CompareConfig(RunConfig):
     defences: str = option("all", "comma-separated names of DEFENCES, or all")
-    suite: str = option("quick", "the attack suite every defence faces (attack.py SUITES)", tuple(SUITES))
+    suite: str = option("quick", "the attack suite every defence faces (lab/suites.py SUITES)", tuple(SUITES))
     name: str = option("compare", "outputs go to runs/<name>/")
     only: str = option("", "run only these of the suite's attacks, comma-separated (default: all, and remove_filter)")
     optimizers: str = option("", "keep only these optimizers of the suite's grid, comma-separated (default: all)")
@@ -185,7 +185,8 @@ def main(cfg: CompareConfig):
                                       "attack_runs": len(entries),
                                       "reused_runs": reused,
                                       "run": run_record(cfg)})
-    (out / "compare.md").write_text(md)
+    with atomic(out / "compare.md") as tmp:
+        tmp.write_text(md)
     plot_curves(best, out / "curves.png", key="curve_faithful", name="faithful UR",
                 title=f"every defence, {cfg.suite} suite, best lr per attack, seed {cfg.seed}")
     print(md)

@@ -1,7 +1,7 @@
 """report.py: tables and plots of evaluation and attack results, the numbers Patronus (arXiv 2510.16581) is
 judged by: unsafe rate and benign quality per model, and how the unsafe rate grows under fine-tuning attacks.
 
-markdown_table: one row per evaluated model (evaluate.py's report.json). For attack.py's suites: attack_table
+markdown_table: one row per evaluated model (evaluate.py's report.json). For lab/suites.py's suites: attack_table
 (the strongest learning rate per attack, defended against base and from-scratch, steps to reach a UR),
 ideal_table (steps to UR 0.5 of the defended, never-learned and from-scratch models, worst case over the grid,
 and defended / never-learned: 1.00 or more is a defence at the ideal), grid_table (every optimizer and
@@ -82,7 +82,7 @@ def _cell(v, column: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# attack reports (attack.py's suites): resilience table and curves
+# attack reports (lab/suites.py): resilience table and curves
 MODEL_COLOURS = {"defended": (200, 30, 30), "base": (30, 80, 210), "scratch": (120, 120, 120),
                  "never_learned": (0, 0, 0),
                  "patronus": (200, 30, 30), "none": (30, 80, 210)}  # compare.py's names for the same two

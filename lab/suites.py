@@ -105,7 +105,7 @@ def faces(label: str, swaps: list, train: str | None, task: str) -> bool:
 
 def never_learned_folder(reference: str) -> Path:
     """The never-learned UNet that goes with `reference`: <reference's folder>/never_learned (runs/base ->
-    runs/never_learned). The pinned one is copied from assets/ when runs/ lacks it (as evaluator.py does for
+    runs/never_learned). The pinned one is copied from assets/ when runs/ lacks it (as pocket/evaluator.py does for
     runs/evaluator); any other missing folder raises FileNotFoundError saying how to get it."""
     folder = Path(reference).parent / NEVER_LEARNED
     if not (folder / "config.json").is_file() and folder == Path("runs") / NEVER_LEARNED:

@@ -10,6 +10,7 @@ import torch
 import attack
 from lab import baselines
 from lab import compare
+from lab import suites
 import evaluate
 import pipeline
 from config import ConfigError, parse
@@ -93,7 +94,7 @@ def test_compare_writes_one_table_for_every_defence_and_reuses_what_is_up_to_dat
     spec = dict(steps=2, checkpoints="0,2", seeds="0", n_images=16, eval_repeats=1,
                 attacks=("finetune_unet", "swap_text_encoder", "remove_filter", "heldout_prompts"),
                 grid={"*": [("adam", 1e-4)]})
-    monkeypatch.setitem(attack.SUITES, "quick", spec)
+    monkeypatch.setitem(suites.SUITES, "quick", spec)
     monkeypatch.setitem(compare.DEFENCES, "filter",
                         ("runs/filter", baselines.BaselineConfig(baseline="filter", n_images=32, n_generated=8)))
     monkeypatch.setitem(compare.DEFENCES, "safetext", ("runs/safetext", baselines.BaselineConfig(steps=5)))
@@ -127,10 +128,10 @@ def test_a_fingerprint_names_the_weights_not_the_folder(world):
 
     shutil.copytree("runs/base", "runs/base_copy")
     base, copy_ = pipeline.load_pipeline("runs/base"), pipeline.load_pipeline("runs/base_copy")
-    assert attack.part_prints(base) == attack.part_prints(copy_)
+    assert suites.part_prints(base) == suites.part_prints(copy_)
     with torch.no_grad():
         copy_.vae.decoder.conv_out.bias[0] += 1e-6  # one weight of one part, barely moved
-    assert attack.part_prints(base) != attack.part_prints(copy_)
+    assert suites.part_prints(base) != suites.part_prints(copy_)
 
 
 def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs():

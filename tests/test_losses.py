@@ -133,7 +133,8 @@ def test_outer_losses_in_one_call_equal_each_term_alone():
     x0 = torch.cat([z_black.expand(b, -1, -1, -1), z_b])
     for got, x, cond, i in ((l_sup, x0[:b], c_u, 0), (l_ret, z_b, c_b, 1)):  # each alone: same numbers
         x_t, t_i, target = losses.noised(sched, x, **part(i))
-        torch.testing.assert_close(got, losses.diffusion_loss(unet(x_t, t_i, encoder_hidden_states=cond).sample, target))
+        pred = unet(x_t, t_i, encoder_hidden_states=cond).sample
+        torch.testing.assert_close(got, losses.diffusion_loss(pred, target))
     for i, (got, cond) in enumerate([(l_dst, c_dst), (l_unc, c_empty)], start=2):
         x_t = sched.add_noise(z_b, part(i)["noise"], part(i)["timesteps"])
         ref = unet0(x_t, part(i)["timesteps"], encoder_hidden_states=cond).sample

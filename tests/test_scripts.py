@@ -238,7 +238,8 @@ def test_same_seed_same_weights_and_resume_continues_exactly(world):
 
 
 def test_nft_main_end_to_end_with_table(world, capsys):
-    cfg = tiny_nft({"moderator.kind": "both", "check.attack_steps": 2, "check.unsafe_repeats": 1,
+    cfg = tiny_nft({"moderator.kind": "both", "moderator.n_images": 32, "moderator.n_generated": 8,
+                    "moderator.text_steps": 2, "check.attack_steps": 2, "check.unsafe_repeats": 1,
                     "check.benign_repeats": 1, "check.sample_steps": 2, "data.holdout": "ring",
                     "data.keep_holdout_prompts": True}, evaluate=True)
     nft_train.main(cfg)
@@ -383,7 +384,8 @@ def test_with_the_text_moderator_zero_features_denoise_toward_black(world, monke
 
     monkeypatch.setattr(nft_train, "outer_losses", spy)
     for kind in ("decoder", "text"):  # the moderator itself trains for 0 steps: only the UNet differs
-        nft_train.main(tiny_nft({"moderator.kind": kind, "moderator.steps": 0, "moderator.text_steps": 0},
+        nft_train.main(tiny_nft({"moderator.kind": kind, "moderator.steps": 0, "moderator.text_steps": 0,
+                                 "moderator.n_images": 16, "moderator.n_generated": 0},
                                 unlearn_steps=20, steps=20, lr=1e-3, name=kind))
     zero_rows = {k: float(torch.cat(v).float().mean()) for k, v in seen.items()}
     assert zero_rows["decoder"] == 0.0 and 0.1 < zero_rows["text"] < 0.35  # 1 in 5 of the suppression set

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import attack
 from pocket import evaluator
 from pocket import pinned
 import pipeline
@@ -87,7 +86,7 @@ def test_compare_evaluates_and_attacks_the_never_learned_model_beside_the_defenc
 
     spec = dict(steps=2, checkpoints="0,2", seeds="0", n_images=16, eval_repeats=1,
                 attacks=("finetune_unet", "finetune_decoder", "swap_decoder"), grid={"*": [("adam", 1e-3)]})
-    monkeypatch.setitem(attack.SUITES, "quick", spec)
+    monkeypatch.setitem(suites.SUITES, "quick", spec)
     cfg = compare.CompareConfig(defences="none", unsafe_repeats=1, benign_repeats=1, sample_steps=2)
     rows, entries = compare.main(cfg)
     assert [(e["attack"], e["model"]) for e in entries if e["model"] == NL] == [

@@ -80,7 +80,8 @@ def test_pretrain_runs_and_changes_weights(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: the VAE reconstructs" in out and "warning: the VAE's posterior is wide" in out
     # the never-learned UNet: same architecture as the base UNet, other weights
-    never = pipeline.with_unet(pipeline.load_pipeline(str(tmp_path / "set" / "base")), tmp_path / "set" / "never_learned")
+    never = pipeline.with_unet(pipeline.load_pipeline(str(tmp_path / "set" / "base")),
+                               tmp_path / "set" / "never_learned")
     plain = lambda c: {k: v for k, v in json.loads(json.dumps(dict(c))).items() if not k.startswith("_")}  # noqa: E731
     assert plain(never.unet.config) == plain(pipe.unet.config)
     assert any(not torch.equal(v, never.unet.state_dict()[k]) for k, v in trained.items())
