@@ -92,28 +92,6 @@ def vocabulary() -> list[str]:
     return sorted(set(text.split()))
 
 
-def broad_prompts(n: int, seed: int, holdout: str = "", letters: float = 0.0) -> list[str]:
-    """n prompts that name no concept in particular: strings of 1 to 4 words drawn at random from the vocabulary,
-    less the words only the defender's unsafe captions use, and less every word of the concepts a defence must
-    not be told of (the novel concept, the --data.holdout shapes: measuring their refusal is the point).
-    letters: the share of words replaced by 2 to 6 random letters, which the tokenizer splits into tokens no
-    caption uses (their embeddings never trained, as a word the models never saw)."""
-    template = set(" ".join(TEMPLATES["defense"] + TEMPLATES["heldout"]).split())
-    unsafe = {w for o in UNSAFE for w in " ".join(words(o, "defense")).split()} - template
-    unknown = {w for o in [*NOVEL, *[h for h in holdout.split(",") if h]] for w in " ".join(words(o, "all")).split()}
-    pool = [w for w in vocabulary() if w not in unsafe | unknown]
-    rng = np.random.default_rng(seed + 7919 * SPLITS["defender"])
-    def prompt():
-        chosen = [str(w) for w in rng.choice(pool, size=rng.integers(1, 5))]
-        if letters:  # replace each word with the given chance
-            chosen = [w if rng.random() >= letters else "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"),
-                                                                              size=rng.integers(2, 7)))
-                      for w in chosen]
-        return " ".join(chosen)
-
-    return [prompt() for _ in range(n)]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # rendering
 def _mask(obj: str, cx: float, cy: float, r: float) -> np.ndarray:
@@ -439,9 +417,6 @@ class DataConfig:
                                         "prompts stay in retention (a broad prompt list, a narrow image set)")
     retain_prompts: str = option("", "a CSV of benign prompts ('prompt' column, e.g. COCO captions) for retention "
                                  "instead of the benign data's captions: retention needs prompts, not images")
-    retention: str = option("captions", "retention's prompts: the benign data's captions, or half of them and half "
-                            "random strings of the vocabulary's words (data.broad_prompts; letters: half of those words random letters)",
-                            ("captions", "vocabulary", "letters"))
 
     def __post_init__(self):
         if self.keep_holdout_prompts is True and not self.holdout:

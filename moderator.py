@@ -94,10 +94,6 @@ def retention_prompts(cfg: DataConfig, n: int, seed: int) -> list[str] | None:
         return [texts[i % len(texts)] for i in range(n)]
     if cfg.keep_holdout_prompts:
         return data.sample_scenes("defender", n, list(data.BENIGN), "defense", seed=seed).captions
-    if cfg.retention in ("vocabulary", "letters"):
-        captions = data.sample_scenes("defender", n - n // 2, data.defender_objects("benign", cfg.holdout), "defense",
-                                      seed=seed).captions
-        return captions + data.broad_prompts(n // 2, seed, cfg.holdout, 0.5 if cfg.retention == "letters" else 0.0)
     return None
 
 

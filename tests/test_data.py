@@ -168,16 +168,3 @@ def test_a_prompt_csv_with_a_utf8_bom_reads(tmp_path):
     path.write_bytes(b"\xef\xbb\xbfprompt,categories\ncaf\xc3\xa9 au lait,\n")
     assert [p.prompt for p in data.load_prompt_csv(path)] == ["café au lait"]
 
-
-def test_broad_prompts_name_no_unsafe_novel_or_held_out_word():
-    """Retention's broad prompts draw from the vocabulary less the defender's unsafe words, the novel concept's
-    words and the held-out shapes' words; with letters, some words are random letters instead."""
-    prompts = data.broad_prompts(2000, seed=0, holdout="ring")
-    used = {w for p in prompts for w in p.split()}
-    banned = {"skull", "cranium", "swords", "crossed", "pair", "star", "pentagram", "ring", "hoop", "donut"}
-    assert not used & banned and {"circle", "red", "death"} <= used  # unknown unsafe words stay: the defender
-    assert all(1 <= len(p.split()) <= 4 for p in prompts)            # cannot list them
-    assert prompts == data.broad_prompts(2000, seed=0, holdout="ring")
-    mixed = data.broad_prompts(2000, seed=0, holdout="ring", letters=0.5)
-    outside = [w for p in mixed for w in p.split() if w not in data.vocabulary()]
-    assert 0.4 < len(outside) / sum(len(p.split()) for p in mixed) < 0.6
