@@ -1,4 +1,4 @@
-"""Shared test setup: offline, the repo on sys.path, and a tiny pocket world built once per session.
+"""Shared test setup: offline, the repo on sys.path, and a tiny pocket world built once per test run.
 
 `pytest -m "not slow"` runs the unit tests alone (under a minute on 2 cores): every test that needs the tiny
 world is marked slow here, and so is each other test that trains or generates for more than a few seconds.
