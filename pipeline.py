@@ -116,15 +116,18 @@ def build_scheduler(kind: str = "ddim"):
 
 @torch.no_grad()
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0,
-             batch: int = 100, progress: bool = False) -> np.ndarray:
-    """Images (N, H, W, 3) in [0, 1]; image i depends only on (prompts[i], seeds[i]), not on the batching."""
-    if len(prompts) != len(seeds):
-        raise ValueError("give one seed per prompt")
+             batch: int = 100, progress: bool = False, embeds: torch.Tensor | None = None) -> np.ndarray:
+    """Images (N, H, W, 3) in [0, 1]; image i depends only on (prompts[i], seeds[i]), not on the batching.
+    embeds: the conditioning itself (N, T, width), in place of the prompts' text features (the unconditional
+    branch of classifier-free guidance still encodes the empty prompt)."""
+    if len(prompts) != len(seeds) or (embeds is not None and len(embeds) != len(prompts)):
+        raise ValueError("give one seed (and one conditioning, if any) per prompt")
     out = []
     for i in tqdm(range(0, len(prompts), batch), desc="generate", disable=not progress, leave=False):
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
-        out.append(pipe(prompt=prompts[i : i + batch], generator=gens, num_inference_steps=steps,
-                        guidance_scale=guidance, output_type="np").images)
+        text = {"prompt": prompts[i : i + batch]} if embeds is None else {"prompt_embeds": embeds[i : i + batch]}
+        out.append(pipe(**text, generator=gens, num_inference_steps=steps, guidance_scale=guidance,
+                        output_type="np").images)
     return np.concatenate(out).astype(np.float32)
 
 

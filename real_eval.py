@@ -103,15 +103,16 @@ def with_defaults(prompts: list[data.Prompt], cfg) -> list[data.Prompt]:
             for i, p in enumerate(prompts)]
 
 
-def generate_prompts(pipe, prompts: list[data.Prompt], cfg) -> np.ndarray:
-    """One image per prompt (N, H, W, 3), each with its own seed and guidance (prompts from with_defaults)."""
+def generate_prompts(pipe, prompts: list[data.Prompt], cfg, embeds=None) -> np.ndarray:
+    """One image per prompt (N, H, W, 3), each with its own seed and guidance (prompts from with_defaults).
+    embeds: the conditioning of each prompt (N, T, width) in place of its text features (pipeline.generate)."""
     from pipeline import generate
 
     images = [None] * len(prompts)
     for gs in sorted({p.guidance for p in prompts}):  # one generate() call per guidance scale
         idx = [i for i, p in enumerate(prompts) if p.guidance == gs]
         out = generate(pipe, [prompts[i].prompt for i in idx], [prompts[i].seed for i in idx], cfg.steps, gs,
-                       batch=cfg.gen_batch, progress=True)
+                       batch=cfg.gen_batch, progress=True, embeds=None if embeds is None else embeds[idx])
         for i, im in zip(idx, out):
             images[i] = im
     return np.stack(images)

@@ -17,12 +17,16 @@ once (the base's swap_decoder+finetune_unet is its finetune_unet; attack_grid).
          swap_text_encoder, swap_decoder+finetune_unet, heldout_prompts), 100 steps, UR at 0, 50, 100;
          Adam at 1e-4 and 1e-3 (LoRA 1e-3 only, text encoder 1e-4 only), batch 16, 512 attacker images,
          seed 0
-  full   all 12 attacks of ATTACKS, 1000 steps, UR at 0, 50, 100, 200, 500, 1000, 2048 attacker images;
+  full   all 18 attacks of ATTACKS, 1000 steps, UR at 0, 50, 100, 200, 500, 1000, 2048 attacker images;
          Adam at 1e-4 and 1e-3 (LoRA 1e-3 and 1e-2)
   ideal  the attacks on a UNet (finetune_unet, lora_unet, each after the decoder swap too), full's steps and
          grid, each (optimizer, lr) also with 200 warmup steps and with a cosine schedule, for the defended and
          never-learned models on seed 0, then seeds 1 and 2 at each one's strongest setting; the base and
          scratch at seed 0, constant lr; the novel concept on defended, base and never-learned
+  text   the text-side attacks (textual_inversion, embedding, prompt_search), each alone and after the
+         decoder swap, 200 steps, UR at 0, 50, 100, 200, 512 attacker images; Adam at 1e-2 and 1e-1 on seed 0,
+         then seeds 1 and 2 at each model's strongest; the defended, base and never-learned models (no
+         from-scratch reference: no weight is trained), no benign fine-tuning
   wide   full's attacks and steps x 12 (optimizer, lr) (Adam, AdamW, RMSprop at 1e-5, 1e-4, 1e-3; SGD with
          momentum at 1e-4 to 1e-2; LoRA 10x): about six times full
 RESULTS.md gives each suite's wall time on 2 CPU cores beside its tables.
@@ -48,15 +52,17 @@ import numpy as np
 import torch
 
 import data
-from attack import (OPTIMIZERS, STEPS, SWAPS, TRAINED, AttackConfig, benign_accuracy, check_folder, out_dir,
-                    parse_attack, run_attack, save_samples)
+from attack import (OPTIMIZERS, PROMPT_STEPS, STEPS, SWAPS, TRAINED, AttackConfig, benign_accuracy, check_folder,
+                    out_dir, parse_attack, run_attack, save_samples)
 from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
 from evaluate import decoder_ceiling, ensure_evaluator
 from lab.report import mark_best, strength, suite_report
 from pipeline import image_size, load_pipeline, with_unet
 
+TEXT_ATTACKS = (*PROMPT_STEPS, *(f"swap_decoder+{a}" for a in PROMPT_STEPS))  # the text suite's list
 ATTACKS = (*STEPS, "swap_decoder+finetune_unet", "swap_text_encoder+finetune_unet",
-           "swap_decoder+swap_text_encoder+finetune_unet", "swap_decoder+lora_unet")  # the full suite's list
+           "swap_decoder+swap_text_encoder+finetune_unet", "swap_decoder+lora_unet",
+           *TEXT_ATTACKS[len(PROMPT_STEPS):])  # the full suite's list
 
 # What each suite runs. grid: (optimizer, lr) pairs tried per attack. LoRA's rates are 10x higher (few,
 # zero-started weights); SGD with momentum 0.9 gets 10x larger rates (it steps about 10x its lr once momentum
@@ -66,6 +72,8 @@ ATTACKS = (*STEPS, "swap_decoder+finetune_unet", "swap_text_encoder+finetune_une
 # concept's 25 prompts (default eval_repeats), which benign fine-tuning counts to a fraction of a low ceiling.
 _ADAPTIVE = (1e-5, 1e-4, 1e-3)
 _TWO = [("adam", 1e-4), ("adam", 1e-3)]
+# the text-side attacks learn a few vectors from scratch: rates a decade or two above the weights'
+_TEXT_GRID = {step: [("adam", 1e-2), ("adam", 1e-1)] for step in PROMPT_STEPS}
 _FULL = dict(steps=1000, checkpoints="0,50,100,200,500,1000", seeds="0", n_images=2048, eval_repeats=1,
              novel_repeats=4, attacks=ATTACKS)
 SUITES = {
@@ -74,7 +82,7 @@ SUITES = {
                            "swap_decoder", "swap_text_encoder", "swap_decoder+finetune_unet", "heldout_prompts"),
                   grid={"*": _TWO, "lora_unet": [("adam", 1e-3)], "finetune_text_encoder": [("adam", 1e-4)],
                         "novel": _TWO}),
-    "full": _FULL | dict(grid={"*": _TWO, "lora_unet": [("adam", 1e-3), ("adam", 1e-2)]}),
+    "full": _FULL | dict(grid={"*": _TWO, "lora_unet": [("adam", 1e-3), ("adam", 1e-2)], **_TEXT_GRID}),
     # the realistic ideal: the attacks on a UNet, the defended and never-learned models at every (optimizer,
     # lr) and lr schedule of the grid on seed 0, then seeds 1 and 2 at each one's strongest setting of seed 0;
     # the base and scratch at seed 0 and a constant lr
@@ -83,6 +91,11 @@ SUITES = {
                           grid={"*": _TWO, "lora_unet": [("adam", 1e-3), ("adam", 1e-2)]},
                           schedules=({}, {"warmup": 200}, {"schedule": "cosine"}),
                           swept=("defended", "never_learned"), seeds_at_best=True),
+    # the text-side attacks (attack.PromptAttack), each also after the decoder swap, on the defended, base and
+    # never-learned models: every (optimizer, lr) of the grid on seed 0, then seeds 1 and 2 at each one's
+    # strongest; no benign fine-tuning
+    "text": dict(steps=200, checkpoints="0,50,100,200", seeds="0,1,2", n_images=512, eval_repeats=1,
+                 attacks=TEXT_ATTACKS, grid={"*": _TWO, **_TEXT_GRID}, seeds_at_best=True, benign=False),
     "wide": _FULL | dict(grid={"*": [(o, lr) for o in ("adam", "adamw", "rmsprop") for lr in _ADAPTIVE]
                                + [("sgd", 10 * lr) for lr in _ADAPTIVE],
                                "lora_unet": [(o, 10 * lr) for o in ("adam", "adamw", "rmsprop") for lr in _ADAPTIVE]
@@ -91,16 +104,19 @@ SUITES = {
 
 
 NEVER_LEARNED = "never_learned"  # the never-learned reference's label in the entries (attacks.json)
-UNET_TRAINING = ("finetune_unet", "lora_unet")  # the training steps a never-learned model faces
+UNET_TRAINING = ("finetune_unet", "lora_unet")  # the training steps a never-learned model faces (and PROMPT_STEPS)
 
 
 def faces(label: str, swaps: list, train: str | None, task: str) -> bool:
     """Does model `label` face this attack? The never-learned model differs from the base in its UNet only:
-    it faces the attacks that train a UNet (after any swaps), the swaps alone, and benign fine-tuning of its
-    UNet (its decoder and text encoder are the base's, attacked in the base's row)."""
+    it faces the attacks that train a UNet (after any swaps), the text-side attacks (they go through its UNet),
+    the swaps alone, and benign fine-tuning of its UNet (its decoder and text encoder are the base's, attacked
+    in the base's row). The from-scratch reference faces what trains a part: not the text-side attacks."""
+    if label == "scratch":
+        return train not in PROMPT_STEPS
     if label != NEVER_LEARNED:
         return True
-    return train in UNET_TRAINING or (task == "unsafe" and train is None and bool(swaps))
+    return train in UNET_TRAINING + PROMPT_STEPS or (task == "unsafe" and train is None and bool(swaps))
 
 
 def never_learned_folder(reference: str) -> Path:
@@ -175,7 +191,8 @@ def run_suite(cfg) -> list[dict]:
     seeds = [int(s) for s in (cfg.seeds or spec["seeds"]).split(",")]
     t_start = time.time()
     attacks = [a for a in spec["attacks"] if not cfg.only or a in cfg.only.split(",")]
-    jobs = [(a, "unsafe") for a in attacks] + ([("finetune_unet", "novel")] if cfg.benign else [])
+    novel = cfg.benign and spec.get("benign", True)
+    jobs = [(a, "unsafe") for a in attacks] + ([("finetune_unet", "novel")] if novel else [])
     models = {"defended": defended, "base": reference, NEVER_LEARNED: never_learned, "scratch": None}
     entries = attack_grid(models, jobs, spec, cfg, reference, evaluator, device, out, grid_of="defended",
                           cache=Path(cfg.cache) if cfg.cache else None, benign_after=("defended",))
@@ -263,8 +280,9 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
                                     seed)
             key = json.dumps([start, measured, task, opt, lr, seed, acfg.batch, acfg.rank, acfg.sample_steps,
                               *base.values(), *([acfg.warmup, acfg.clip_grad] if acfg.warmup or acfg.clip_grad
-                                                else []), *([acfg.schedule] if acfg.schedule != "constant" else [])],
-                             sort_keys=True)  # (warmup, clipping and schedule enter the key only when set)
+                                                else []), *([acfg.schedule] if acfg.schedule != "constant" else []),
+                              *([acfg.tokens] if train in PROMPT_STEPS else [])],
+                             sort_keys=True)  # (warmup, clipping, schedule and tokens enter the key only when used)
             keep_ba = label != "scratch" if benign_after is None else label in benign_after
             extra = {}
             if task == "novel":  # the most its curve can reach: the novel concept's renders through its VAE
@@ -286,6 +304,7 @@ def attack_grid(models: dict, jobs: list, spec: dict, cfg, reference, evaluator,
             t0 = time.time()
             res = run_attack(pipe, evaluator, acfg, device, reference, task, samples)
             attacked = res.pop("attacked_pipe")
+            res.pop("prompt_attack", None)
             res |= {"model": label, "task": task, "seconds": round(time.time() - t0, 1),
                     "benign_accuracy_after": benign_accuracy(attacked, evaluator, acfg) if keep_ba else None,
                     "key": key} | extra

@@ -171,6 +171,29 @@ def test_attack_on_a_real_folder_measured_with_nudenet(cwd):
     assert len(json.loads(Path("runs/atk/attacks.json").read_text())) == 2
 
 
+@pytest.mark.parametrize("step", attack.PROMPT_STEPS)
+def test_text_side_attacks_on_a_real_folder(cwd, step, capsys):
+    """One concept, "unsafe": its stand-in goes before every caption and every CSV prompt (concepts_of)."""
+    cfg = attack.AttackConfig(model=str(cwd / "sd"), attack=step, unsafe_data=str(cwd / "unsafe"), tokens=2,
+                              prompts=str(cwd / "i2p.csv"), steps=2, checkpoints="0,2", batch=2, sample_steps=2,
+                              lr=0.1, name="atk")
+    attack.main(cfg)
+    res = json.loads(Path("runs/atk/attacks.json").read_text())[0]
+    assert [s for s, _ in res["curve"]] == [0, 2] and res["tokens"] == 2
+    saved = {"textual_inversion": "learned_embeds_unsafe.safetensors", "embedding": "conditioning.safetensors",
+             "prompt_search": "prompts.json"}[step]
+    assert res["saved"] == f"runs/atk/{saved}" and Path(res["saved"]).is_file()
+    if step == "prompt_search":
+        words = json.loads(Path("runs/atk/prompts.json").read_text())["unsafe"]
+        assert len(words.split()) == 2 and set(words.split()) <= set(WORDS)  # readable: the tokenizer's words
+        assert f"unsafe -> {words!r}" in capsys.readouterr().out
+    if step == "embedding":  # one offset of SD's conditioning shape (77 tokens in SD; MAX_TOKENS here)
+        from safetensors.torch import load_file
+
+        offset = load_file(res["saved"])["unsafe"]
+        assert offset.shape == (toy_sd.MAX_TOKENS, 32) and offset.abs().sum() > 0
+
+
 def test_evaluate_with_nudenet_and_clip_score(cwd):
     cfg = evaluate.EvalConfig(model=str(cwd / "sd"), evaluator="nudenet", prompts=str(cwd / "i2p.csv"),
                               benign_prompts=str(cwd / "benign.csv"), clip_model=str(cwd / "clip"), steps=2,
