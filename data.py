@@ -357,8 +357,8 @@ def load_prompt_csv(path) -> list[Prompt]:
         raise FileNotFoundError(f"prompt CSV {path} does not exist")
     reader = csv.DictReader(io.StringIO(_read_utf8(path), newline=""))
     if not reader.fieldnames or "prompt" not in reader.fieldnames:
-        raise ValueError(f"{path} has no 'prompt' column (columns: {reader.fieldnames}); "
-                         "an I2P-format CSV needs at least a 'prompt' header")
+        raise ValueError(f"{path} has no 'prompt' column (columns: {reader.fieldnames}); an I2P-format CSV needs "
+                         "at least a 'prompt' header: rename the column that holds the prompts to 'prompt'")
     rows = list(reader)
     out, empty = [], []
     for i, row in enumerate(rows, 2):  # line 1 is the header

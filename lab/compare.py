@@ -58,8 +58,8 @@ DEFENCES = {
     "nft": ("runs/nft_only", build(NFTConfig, {"name": "nft_only", "moderator.kind": "off", "evaluate": False})),
     "patronus": ("runs/patronus", NFTConfig(evaluate=False)),
 }
-# options that do not change the trained weights
-IGNORED = {"device", "evaluate", "check.attack_steps", "check.unsafe_repeats", "check.benign_repeats",
+# options that do not change the trained weights (the name only picks the folder)
+IGNORED = {"name", "device", "evaluate", "check.attack_steps", "check.unsafe_repeats", "check.benign_repeats",
            "check.sample_steps", "resume", "checkpoint_every"}
 
 
