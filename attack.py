@@ -136,10 +136,12 @@ def make_optimizer(name: str, params, lr: float):
 
 # The attackers the defence simulates in its min-max loops (nft_train.py's step 3, moderator.py's hardening):
 # one (optimizer, lr) pair drawn per outer step, spanning two decades, the large rates included; the decoder's
-# set lies a decade lower. (SGD with momentum 0.9 steps about 10x its lr once the momentum has built up.)
+# set lies a decade lower; the conditioning attacker (step 3's other kind) learns an offset on the prompts.
+# (SGD with momentum 0.9 steps about 10x its lr once the momentum has built up.)
 SIMULATED_ATTACKERS = {
     "unet": [("sgd", 1e-2), ("sgd", 1e-3), ("adam", 1e-3), ("adam", 1e-4), ("adamw", 1e-3), ("adamw", 1e-4)],
     "decoder": [("sgd", 1e-3), ("sgd", 1e-4), ("adam", 1e-4), ("adam", 3e-5), ("adam", 1e-5)],
+    "conditioning": ("adam", 1e-1),  # the `embedding` attack's strongest setting (the text suite)
 }
 
 

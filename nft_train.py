@@ -6,7 +6,9 @@ The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON and th
                         UNet (losses.distillation_loss); 1 and 2 in one batched UNet call (outer_losses)
   3. simulated fine-tuning  (from outer step --unlearn_steps on) a copy of the UNet takes K steps of the attacker's
                         objective, optimizer and lr drawn from attack.SIMULATED_ATTACKERS; the black loss at the
-                        adapted copy is minimised
+                        adapted copy is minimised. On a share of the outer steps (--conditioning_share) the
+                        attacker adapts the conditioning instead, an offset on the unsafe prompts' features
+                        (attack.py's `embedding` attack), and the black loss is taken at the offset prompts
   4. outer update       w_sup*(1) + w_ret*(2) + w_nft*(3), the gradient of (3) taken at the adapted copy
 With --unlearn_steps equal to --steps the loop runs steps 1+2 only (erasure without simulated fine-tuning).
 Then the moderator (moderator.py) is trained on the defended pipeline. `python nft_train.py` is the full
@@ -60,6 +62,8 @@ class NFTConfig(RunConfig):
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (classifier-free guidance uses it)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
+    conditioning_share: float = option(0.25, "share of step 3's outer steps whose simulated attacker learns an offset "
+                                       "on the unsafe prompts' features instead of fine-tuning (0: weights only)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (after an interruption or with more --steps)")
@@ -75,6 +79,9 @@ class NFTConfig(RunConfig):
                 raise ConfigError(f"--{key} must be positive, got {value}")
         if isinstance(self.steps, int) and self.steps < 0:
             raise ConfigError(f"--steps must be 0 (leave the UNet as it is) or more, got {self.steps}")
+        if isinstance(self.conditioning_share, (int, float)) and not 0 <= self.conditioning_share <= 1:
+            raise ConfigError(f"--conditioning_share is a share of the outer steps, 0 to 1, "
+                              f"got {self.conditioning_share}")
 
 
 def set_aside(unet) -> list:
@@ -121,6 +128,41 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
     return l_nft
 
 
+class ConditioningAttacker:
+    """Step (3)'s other attacker, attack.py's `embedding` attack simulated: an offset (1, T, D) added to the unsafe
+    prompts' features, trained with the attacker's objective (the diffusion loss on unsafe pairs through the
+    UNet, whose weights it leaves alone). It is one running attacker: the offset and its Adam state carry over
+    from one outer step to the next, so that by the end of the loop it has taken a few hundred steps, as the
+    real attack does (a fresh offset after K steps would be a much weaker attacker)."""
+
+    def __init__(self, shape, device, state: dict | None = None):
+        name, lr = SIMULATED_ATTACKERS["conditioning"]
+        self.offset = torch.zeros(shape, device=device, requires_grad=True)
+        self.opt = make_optimizer(name, [self.offset], lr)
+        if state is not None:  # resumed: the attacker as the checkpoint left it
+            with torch.no_grad():
+                self.offset.copy_(state["offset"])
+            self.opt.load_state_dict(state["optimizer"])
+
+    def state_dict(self) -> dict:
+        return {"offset": self.offset.detach().clone(), "optimizer": self.opt.state_dict()}
+
+    def attack(self, unet, sched, z_u, c_u, z_black, draw, cfg: NFTConfig, g) -> torch.Tensor:
+        """K steps of the offset, then the black loss at the offset prompts: its gradient goes to unet's .grad
+        (the offset's own gradient is taken apart, so the UNet's .grad holds the defender's terms only)."""
+        for _ in range(cfg.inner_steps):
+            i = draw(len(z_u))
+            loss = losses.diffusion_loss(*losses.denoise(unet, sched, z_u[i], c_u[i] + self.offset, g))
+            (self.offset.grad,) = torch.autograd.grad(loss, [self.offset])
+            self.opt.step()
+        for _ in range(cfg.memory.grad_accum):
+            j = draw(len(z_u))
+            x0 = z_black.expand(len(j), *z_black.shape[1:])
+            l_nft = losses.black_loss(*losses.denoise(unet, sched, x0, c_u[j] + self.offset.detach(), g))
+            (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()
+        return l_nft
+
+
 def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
     """Steps (1) and (2) at the current weights, in one call of the UNet and one of the base UNet unet0:
     (1) L_blk: unsafe prompts c_u denoise toward z_black; (2) L_ND on benign pairs (z_b, c_b), and L_dst toward
@@ -140,7 +182,8 @@ def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
             (losses.distillation_loss(pred[2], ref[0]), losses.distillation_loss(pred[3], ref[1])))
 
 
-def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int = 0, opt_state=None) -> list[float]:
+def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int = 0, opt_state=None,
+               attacker_state=None) -> list[float]:
     """The min-max loop. Trains pipe.unet in place from outer step `start`; checkpoints into ckpt (None: no
     checkpoints, for lab/benchmark.py). Returns the seconds of each outer step (checkpointing not counted)."""
     unet0 = base.unet.eval().requires_grad_(False)  # the base UNet (never the resumed one), for distillation
@@ -166,6 +209,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
+    conditioning = ConditioningAttacker(c_u[:1].shape, device, attacker_state) if cfg.conditioning_share else None
     step_seconds = []  # outer steps only (not checkpointing): the loop's cost
     for step in (bar := tqdm(range(start, cfg.steps), desc="UNet (min-max)", initial=start, total=cfg.steps)):
         t0 = time.perf_counter()
@@ -181,9 +225,13 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.memory.grad_accum).backward()
         l_nft = torch.zeros(())
         if step >= cfg.unlearn_steps:
-            # (3) simulated fine-tuning with a sampled optimizer and learning rate
-            attacker = random.Random(cfg.seed * 1_000_003 + step).choice(SIMULATED_ATTACKERS["unet"])
-            l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, batch, cfg, g)
+            # (3) simulated fine-tuning with a sampled optimizer and learning rate, or the conditioning attacker
+            draw = random.Random(cfg.seed * 1_000_003 + step)
+            if conditioning is not None and draw.random() < cfg.conditioning_share:
+                l_nft = conditioning.attack(unet, sched, z_u, c_u, z_black, batch, cfg, g)
+            else:
+                l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, draw.choice(SIMULATED_ATTACKERS["unet"]),
+                                              batch, cfg, g)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
@@ -196,6 +244,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             with atomic(ckpt) as tmp:  # weights, optimizer and step together, or the previous checkpoint
                 pipe.save_pretrained(tmp, safe_serialization=True)
                 torch.save(opt.state_dict(), tmp / "optimizer.pt")
+                if conditioning is not None:
+                    torch.save(conditioning.state_dict(), tmp / "conditioning_attacker.pt")
                 write_json(tmp / "trainer_state.json", {"step": step + 1, "config": dataclasses.asdict(cfg)})
             unet.train()
     unet.eval().requires_grad_(False)
@@ -214,7 +264,7 @@ def main(cfg: NFTConfig):
     ckpt = out.with_name(cfg.name + ".checkpoint")  # beside the output: the output folder is replaced atomically
     times = {}
     base = load_pipeline(cfg.model, device, dtype=pick_dtype(cfg.memory.frozen_dtype, device))  # frozen throughout
-    start, opt_state, pipe = 0, None, None
+    start, opt_state, attacker_state, pipe = 0, None, None, None
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
         saved = json.loads((ckpt / "trainer_state.json").read_text())
         before, now = flatten(saved["config"]), flatten(dataclasses.asdict(cfg))
@@ -225,12 +275,14 @@ def main(cfg: NFTConfig):
         start = saved["step"]
         pipe = load_pipeline(str(ckpt), device)
         opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        if (ckpt / "conditioning_attacker.pt").is_file():
+            attacker_state = torch.load(ckpt / "conditioning_attacker.pt", weights_only=True)
         print(f"resuming from {ckpt} at outer step {start}")
     pipe = pipe or load_pipeline(cfg.model, device)
     # The UNet first, then the moderator: the moderator then learns the unsafe features of both the base UNet
     # (what an attacker who undoes the NFT gets back) and the defended UNet.
     t0 = time.time()
-    step_seconds = train_unet(pipe, base, cfg, device, ckpt, start, opt_state) if cfg.steps else []
+    step_seconds = train_unet(pipe, base, cfg, device, ckpt, start, opt_state, attacker_state) if cfg.steps else []
     seconds_per_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
     peak = {"unet_cuda_peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)} if step_seconds and \
         device.type == "cuda" else {}

@@ -224,6 +224,42 @@ def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
     assert sum(float(p.grad.abs().sum()) for p in unet.parameters()) > 0
 
 
+def test_the_conditioning_attacker_moves_its_offset_and_leaves_the_weights(world):
+    """Step 3's other attacker: an offset on the unsafe prompts' features, trained through the UNet; the UNet's
+    weights stay, its .grad gains the black loss at the offset prompts, and the offset runs on across calls."""
+    from pipeline import black_latent, build_scheduler
+
+    base = pipeline.load_pipeline("runs/base")
+    unet = pipeline.load_pipeline("runs/base").unet.train().requires_grad_(True)
+    for p in unet.parameters():
+        p.grad = torch.zeros_like(p)
+    before = state(unet)
+    z_u, c_u = data.defender_data(base, "unsafe", 8, 0, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    draw = lambda n: torch.randint(n, (4,), generator=g)  # noqa: E731
+    attacker = nft_train.ConditioningAttacker(c_u[:1].shape, "cpu")
+    cfg = tiny_nft(inner_steps=2)
+    loss = attacker.attack(unet, build_scheduler("ddpm"), z_u, c_u, black_latent(base), draw, cfg, g)
+    first = attacker.offset.detach().clone()
+    assert first.abs().sum() > 0 and loss.item() > 0
+    assert not changed(before, unet.state_dict()) and sum(float(p.grad.abs().sum()) for p in unet.parameters()) > 0
+    attacker.attack(unet, build_scheduler("ddpm"), z_u, c_u, black_latent(base), draw, cfg, g)
+    assert attacker.opt.state_dict()["state"][0]["step"] == 4  # one running attacker: 2 + 2 steps
+    again = nft_train.ConditioningAttacker(c_u[:1].shape, "cpu", attacker.state_dict())
+    assert torch.equal(again.offset, attacker.offset)
+
+
+def test_resume_continues_the_conditioning_attacker_exactly(world):
+    nft_train.main(tiny_nft(steps=3, conditioning_share=1.0, name="straight"))
+    nft_train.main(tiny_nft(steps=1, conditioning_share=1.0, name="resumed"))
+    assert Path("runs/resumed.checkpoint/conditioning_attacker.pt").is_file()
+    nft_train.main(tiny_nft(steps=3, conditioning_share=1.0, name="resumed", resume=True))
+    straight = pipeline.load_pipeline("runs/straight").unet.state_dict()
+    assert not changed(straight, pipeline.load_pipeline("runs/resumed").unet.state_dict())
+    with pytest.raises(ConfigError, match="conditioning_share"):
+        tiny_nft(conditioning_share=1.5)
+
+
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
     nft_train.main(tiny_nft(steps=3, name="straight"))
     straight = pipeline.load_pipeline("runs/straight").unet.state_dict()
