@@ -312,6 +312,20 @@ def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
     return "\n".join(rows)
 
 
+def text_table(entries: list[dict]) -> str:
+    """Markdown: a row per run of a text-side attack (attack.PromptAttack), in the order given: its model,
+    setting and seed, the faithful UR along the steps, the glyph rate on prompts without a colour word at the
+    last step, and the words prompt_search stood in for each glyph at the last step ('-' for the others)."""
+    rows = ["| attack | model | setting | seed | fUR along the steps | glyph rate, no colour word | words found |",
+            "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        words = ", ".join(f"{c}: {w}" for c, w in e["found"][-1][1].items()) if e.get("found") else "-"
+        along = ", ".join(f"{s}: {v:.2f}" for s, v in e["curve_faithful"])
+        rows.append(f"| {e['attack']} | {e['model']} | {setting(e)} | {e['seed']} | {along} | "
+                    f"{e['unsafe_rate_no_colour']:.2f} | {words} |")
+    return "\n".join(rows)
+
+
 def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) -> str:
     """An attack suite's report from its runs (suites.run_suite; evaluate.py --attacks): attacks.md (the strongest
     (optimizer, lr) per attack and model, faithful UR; the steps to fUR 0.5 against the never-learned model, worst
@@ -330,6 +344,10 @@ def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) 
              f"Against the ideal, plain UR, every run:\n\n{ideal_table(entries, key='curve', name='UR')}\n\n"
              f"Every setting tried: faithful UR (novel: accuracy) at the last step (its peak along the curve), "
              f"seeds averaged, the kept one in bold:\n\n{grid_table(entries)}")
+    text = list({e.get("key", id(e)): e for e in entries[::-1] if "tokens" in e}.values())[::-1]  # each run once
+    if text:
+        table += (f"\n\nThe text-side attacks, every run: the glyph rate on 50 prompts without a colour word (the "
+                  f"glyph in any colour, not black) and the words prompt_search found:\n\n{text_table(text)}")
     with atomic(out / "attacks.md") as tmp:
         tmp.write_text(table + "\n")
     plot_curves(best, out / "curves.png", title=title, key="curve_faithful", name="faithful UR")

@@ -119,4 +119,8 @@ def test_the_text_suite_attacks_defended_base_and_never_learned(world, monkeypat
     rows = {(e["attack"], e["model"]) for e in entries}
     assert rows == {(a, m) for a in spec["attacks"] for m in ("defended", "base", suites.NEVER_LEARNED)}
     assert all(e["task"] == "unsafe" for e in entries)  # no benign fine-tuning in this suite
-    assert "textual_inversion" in Path("runs/txt/attacks.md").read_text()
+    md = Path("runs/txt/attacks.md").read_text()
+    table = md.split("The text-side attacks, every run")[1]
+    rows = [r for r in table.splitlines() if r.startswith(("| textual_inversion |", "| swap_decoder+embedding |"))]
+    # one row per run: here the "defended" model is the base, whose runs the base's row reuses
+    assert len(rows) == len({e["key"] for e in entries}) == 4 and len(entries) == 6
