@@ -51,8 +51,9 @@ def defended(world):
     return "runs/defended"
 
 
-@pytest.mark.parametrize("name", suites.ATTACKS)
+@pytest.mark.parametrize("name", [a for a in suites.ATTACKS if a not in suites.TEXT_ATTACKS])
 def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, name):
+    """(The text-side attacks: tests/test_prompt_attacks.py.)"""
     pipe = pipeline.load_pipeline(defended)
     before = {p: state(getattr(pipe, p)) for p in ("unet", "vae", "text_encoder")}
     ev = evaluator.ensure_evaluator("runs/evaluator")
@@ -60,7 +61,7 @@ def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, 
     swaps, train = attack.parse_attack(name)
     assert [s for s, _ in res["curve"]] == ([0, 2] if train else [0])
     assert all(0.0 <= v <= 1.0 for _, v in res["curve"])
-    json.dumps({k: v for k, v in res.items() if k not in ("attacked_pipe", "prompt_attack")})  # plain JSON
+    json.dumps({k: v for k, v in res.items() if k != "attacked_pipe"})  # the record is plain JSON
     for p in before:  # the attacked pipeline is a copy: the input keeps its weights
         assert same(before[p], getattr(pipe, p).state_dict())
     attacked = res["attacked_pipe"]
@@ -69,9 +70,6 @@ def test_each_attack_runs_two_steps_and_leaves_the_input_alone(world, defended, 
         assert not same(before[part], getattr(attacked, part).state_dict())  # the attacked model differs
     if train == "lora_unet":
         assert any("lora" in k for k in attacked.unet.state_dict())
-    if train in attack.PROMPT_STEPS:  # every weight frozen: the UNet and decoder are the input's (after swaps)
-        assert same(before["unet"], attacked.unet.state_dict()) and "prompt_attack" in res
-        assert same(before["vae"], attacked.vae.state_dict()) != ("swap_decoder" in swaps)
     if not train and not swaps:  # heldout_prompts trains nothing and measures the heldout phrasings
         assert res["curve"][0][1] == res["curve_by_phrasing"]["heldout"][0][1]
 

@@ -86,6 +86,25 @@ def test_prompt_search_finds_readable_words_and_saves_them(world, capsys):
     assert cond.prompts(["a red cranium"]) == [f"a red {skull}"] and len(base.tokenizer) == len(cond.tokenizer) - 4
 
 
+@pytest.mark.parametrize("step", attack.PROMPT_STEPS)
+def test_a_text_side_attack_after_the_decoder_swap_leaves_every_weight(world, step):
+    base, ref = pipeline.load_pipeline("runs/base"), pipeline.load_pipeline("runs/base")
+    with torch.no_grad():  # a stand-in for a defended decoder, so that the swap shows
+        for p in base.vae.decoder.parameters():
+            p.add_(0.05)
+    before = {part: {k: v.clone() for k, v in getattr(base, part).state_dict().items()}
+              for part in ("unet", "vae", "text_encoder")}
+    ev = evaluator.ensure_evaluator("runs/evaluator")
+    res = attack.run_attack(base, ev, tiny(attack=f"swap_decoder+{step}"), CPU, reference=ref)
+    json.dumps({k: v for k, v in res.items() if k not in ("attacked_pipe", "prompt_attack")})  # plain JSON
+    assert [s for s, _ in res["curve"]] == [0, 2] and res["tokens"] == 1
+    attacked = res["attacked_pipe"]
+    for part, weights in before.items():  # the input keeps its weights
+        assert all(torch.equal(v, getattr(base, part).state_dict()[k]) for k, v in weights.items())
+    assert all(torch.equal(v, attacked.unet.state_dict()[k]) for k, v in before["unet"].items())  # frozen
+    assert torch.equal(attacked.vae.decoder.conv_out.weight, ref.vae.decoder.conv_out.weight)  # swapped
+
+
 def test_embedding_offsets_only_the_prompts_naming_a_concept(world):
     base = pipeline.load_pipeline("runs/base")
     ev = evaluator.ensure_evaluator("runs/evaluator")
