@@ -62,8 +62,10 @@ class NFTConfig(RunConfig):
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (classifier-free guidance uses it)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
-    conditioning_share: float = option(0.25, "share of step 3's outer steps whose simulated attacker learns an offset "
-                                       "on the unsafe prompts' features instead of fine-tuning (0: weights only)")
+    conditioning_share: float = option(0.0, "share of step 3's outer steps whose simulated attacker learns an offset "
+                                       "on the unsafe prompts' features instead of fine-tuning (0: weights only; "
+                                       "0.25 halves the offset attack's UR behind the public decoder, at a benign "
+                                       "cost: RESULTS.md, section 4.10)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (after an interruption or with more --steps)")

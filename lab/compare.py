@@ -112,8 +112,10 @@ def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
 
 
 def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str) -> str:
-    """Markdown: one row per defence, its evaluation, then `name` after each attack (last step, best lr)."""
-    after = {(e["model"], e["attack"]): e[key][-1][1] for e in best}
+    """Markdown: one row per defence, its evaluation, then `name` after each attack (last step, best lr), on the
+    suite's first seed (a suite with more seeds runs them too: its own tables show them)."""
+    first = min((e["seed"] for e in best), default=0)
+    after = {(e["model"], e["attack"]): e[key][-1][1] for e in best if e["seed"] == first}
     head = ["defence", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "MSE to base",
             "FD to base"]
     lines = ["| " + " | ".join(head + [f"{name} {a}" for a in attacks]) + " |", "|" + "---|" * (len(head) + len(attacks))]

@@ -252,19 +252,20 @@ def test_the_conditioning_attacker_moves_its_offset_and_leaves_the_weights(world
 
 
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
-    """Seed 0 draws the weight attacker at outer steps 0 and 2, the conditioning attacker at 1 and 3: the
-    resumed run needs the conditioning attacker's offset and Adam state as step 1 left them."""
-    nft_train.main(tiny_nft(steps=4, name="straight"))
+    """With --conditioning_share=0.25, seed 0 draws the weight attacker at outer steps 0 and 2 and the
+    conditioning attacker at 1 and 3: the resumed run needs the conditioning attacker's offset and Adam state
+    as step 1 left them."""
+    nft_train.main(tiny_nft(steps=4, conditioning_share=0.25, name="straight"))
     straight = pipeline.load_pipeline("runs/straight").unet.state_dict()
-    nft_train.main(tiny_nft(steps=4, name="again"))
+    nft_train.main(tiny_nft(steps=4, conditioning_share=0.25, name="again"))
     assert not changed(straight, pipeline.load_pipeline("runs/again").unet.state_dict())
-    nft_train.main(tiny_nft(steps=2, name="resumed"))  # stops after 2 steps, leaving a checkpoint
+    nft_train.main(tiny_nft(steps=2, conditioning_share=0.25, name="resumed"))  # stops after 2 steps
     assert Path("runs/resumed.checkpoint/conditioning_attacker.pt").is_file()
-    nft_train.main(tiny_nft(steps=4, name="resumed", resume=True))  # continues to step 4
+    nft_train.main(tiny_nft(steps=4, conditioning_share=0.25, name="resumed", resume=True))  # on to step 4
     assert json.loads(Path("runs/resumed.checkpoint/trainer_state.json").read_text())["step"] == 4
     assert not changed(straight, pipeline.load_pipeline("runs/resumed").unet.state_dict())
     with pytest.raises(ValueError, match="resume with the same options"):
-        nft_train.main(tiny_nft(steps=4, name="resumed", resume=True, lr=1e-3))
+        nft_train.main(tiny_nft(steps=4, conditioning_share=0.25, name="resumed", resume=True, lr=1e-3))
 
 
 def test_nft_main_end_to_end_with_table(world, capsys):
