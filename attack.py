@@ -212,6 +212,7 @@ class PromptAttack:
             return
         self.tokenizer, self.text_encoder = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder)
         self.placeholders = {c: [f"<{c}>"] + [f"<{c}>_{i}" for i in range(1, k)] for c in concepts}
+        self.fill = {c: " ".join(t) for c, t in self.placeholders.items()}  # each concept's stand-in text
         old = len(self.tokenizer)
         new = [t for ts in self.placeholders.values() for t in ts]
         if self.tokenizer.add_tokens(new) != len(new):
@@ -262,7 +263,7 @@ class PromptAttack:
         """The prompts as the attacker writes them (embedding: unchanged, the offset goes in `embeds`)."""
         if self.kind == "embedding":
             return list(texts)
-        fill = self.found() if self.kind == "prompt_search" else {c: " ".join(t) for c, t in self.placeholders.items()}
+        fill = self.found() if self.kind == "prompt_search" else self.fill
         return [self.stand_in(t, fill)[0] for t in texts]
 
     def embeds(self, texts: list[str]) -> torch.Tensor | None:
@@ -280,8 +281,8 @@ class PromptAttack:
                 feats = encode_text(self.text_encoder, self.tokenizer, captions, self.offset.device)
             named = (which >= 0).to(feats.device)[:, None, None]
             return feats + named * self.offset[which.clamp(min=0).to(feats.device)]
-        fill = {c: " ".join(t) for c, t in self.placeholders.items()}  # their rows: learned, or projected words
-        return encode_text(self.text_encoder, self.tokenizer, [self.stand_in(t, fill)[0] for t in captions],
+        # the placeholders' rows: learned (textual_inversion) or the projected words (prompt_search)
+        return encode_text(self.text_encoder, self.tokenizer, [self.stand_in(t, self.fill)[0] for t in captions],
                            self.table.device)
 
     def after_backward(self) -> None:

@@ -204,22 +204,26 @@ def test_one_outer_step_changes_the_unet_and_nothing_else(world):
     assert json.loads(Path("runs/patronus/nft_config.json").read_text())["config"]["steps"] == 1
 
 
-def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
-    """Step 3 (first-order MAML): the attacker adapts a copy; the defender's own weights only gain a gradient,
-    the gradient of step 3's loss at the adapted weights."""
+def step3_inputs():
+    """What step 3 works on, in the tiny world: a trainable UNet with zeroed .grad, its weights before, the
+    defender's unsafe latents and features, the black latent, a DDPM schedule, a seeded generator and a draw."""
     from pipeline import black_latent, build_scheduler
 
     base = pipeline.load_pipeline("runs/base")
     unet = pipeline.load_pipeline("runs/base").unet.train().requires_grad_(True)
     for p in unet.parameters():
         p.grad = torch.zeros_like(p)
-    before = state(unet)
     z_u, c_u = data.defender_data(base, "unsafe", 8, 0, torch.device("cpu"))
-    z_black = black_latent(base)
     g = torch.Generator().manual_seed(0)
     draw = lambda n: torch.randint(n, (4,), generator=g)  # noqa: E731
-    loss = nft_train.simulated_fine_tuning(unet, build_scheduler("ddpm"), z_u, c_u, z_black, ("adam", 1e-3), draw,
-                                           tiny_nft(), g)
+    return unet, state(unet), z_u, c_u, black_latent(base), build_scheduler("ddpm"), g, draw
+
+
+def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
+    """Step 3 (first-order MAML): the attacker adapts a copy; the defender's own weights only gain a gradient,
+    the gradient of step 3's loss at the adapted weights."""
+    unet, before, z_u, c_u, z_black, sched, g, draw = step3_inputs()
+    loss = nft_train.simulated_fine_tuning(unet, sched, z_u, c_u, z_black, ("adam", 1e-3), draw, tiny_nft(), g)
     assert not changed(before, unet.state_dict()) and loss.item() > 0
     assert sum(float(p.grad.abs().sum()) for p in unet.parameters()) > 0
 
@@ -227,23 +231,14 @@ def test_simulated_fine_tuning_adds_a_gradient_and_leaves_the_weights(world):
 def test_the_conditioning_attacker_moves_its_offset_and_leaves_the_weights(world):
     """Step 3's other attacker: an offset on the unsafe prompts' features, trained through the UNet; the UNet's
     weights stay, its .grad gains the black loss at the offset prompts, and the offset runs on across calls."""
-    from pipeline import black_latent, build_scheduler
-
-    base = pipeline.load_pipeline("runs/base")
-    unet = pipeline.load_pipeline("runs/base").unet.train().requires_grad_(True)
-    for p in unet.parameters():
-        p.grad = torch.zeros_like(p)
-    before = state(unet)
-    z_u, c_u = data.defender_data(base, "unsafe", 8, 0, torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    draw = lambda n: torch.randint(n, (4,), generator=g)  # noqa: E731
+    unet, before, z_u, c_u, z_black, sched, g, draw = step3_inputs()
     attacker = nft_train.ConditioningAttacker(c_u[:1].shape, "cpu")
     cfg = tiny_nft(inner_steps=2)
-    loss = attacker.attack(unet, build_scheduler("ddpm"), z_u, c_u, black_latent(base), draw, cfg, g)
+    loss = attacker.attack(unet, sched, z_u, c_u, z_black, draw, cfg, g)
     first = attacker.offset.detach().clone()
     assert first.abs().sum() > 0 and loss.item() > 0
     assert not changed(before, unet.state_dict()) and sum(float(p.grad.abs().sum()) for p in unet.parameters()) > 0
-    attacker.attack(unet, build_scheduler("ddpm"), z_u, c_u, black_latent(base), draw, cfg, g)
+    attacker.attack(unet, sched, z_u, c_u, z_black, draw, cfg, g)
     assert attacker.opt.state_dict()["state"][0]["step"] == 4  # one running attacker: 2 + 2 steps
     again = nft_train.ConditioningAttacker(c_u[:1].shape, "cpu", attacker.state_dict())
     assert torch.equal(again.offset, attacker.offset)
