@@ -12,6 +12,7 @@ An attack is one step, or swaps followed by one training step, joined by "+":
   swap_decoder           the VAE replaced by the reference's (a public part the attacker downloads)
   swap_text_encoder      the text encoder and tokenizer replaced by the reference's
   remove_filter          the pipeline's image safety checker deleted (undoes an external filter)
+  remove_patch           the external safety patch beside the UNet deleted (undoes SafePatch)
   heldout_prompts        no training: the unsafe rate on the `heldout` phrasings only
 Text-side attacks: every weight frozen, what the UNet is conditioned on is learned with the diffusion loss on
 the attacker's unsafe images (class PromptAttack; one stand-in per unsafe glyph, in place of its words):
@@ -58,7 +59,7 @@ from config import (ConfigError, RunConfig, atomic, cli, option, pick_device, ru
                     write_json)
 from evaluate import (EvalConfig, classify, ensure_evaluator, evaluate_pipeline, faithful_unsafe_rate, is_black,
                       prompt_set, score)
-from pipeline import (build_scheduler, decoder_params, encode_images, encode_text, generate, image_size, load_pipeline,
+from pipeline import (PATCH, build_scheduler, decoder_params, encode_images, encode_text, generate, image_size, load_pipeline,
                       save_pipeline, to_tensor)
 from real_eval import NudeNet, generate_prompts, score_prompts, with_defaults
 
@@ -67,7 +68,8 @@ TRAINED = {"finetune_unet": "unet", "lora_unet": "unet", "finetune_decoder": "va
            "finetune_text_encoder": "text_encoder",  # training step -> the pipeline part it trains
            **{step: "conditioning" for step in PROMPT_STEPS}}
 SWAPS = {"swap_decoder": "vae", "swap_text_encoder": "text_encoder",  # swap step -> the part it replaces
-         "remove_filter": "safety_checker"}
+         "remove_filter": "safety_checker", "remove_patch": "safety_patch"}
+REMOVALS = ("remove_filter", "remove_patch")  # swaps that delete a part and need no reference
 STEPS = (*TRAINED, *SWAPS, "heldout_prompts")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -147,9 +149,13 @@ SIMULATED_ATTACKERS = {
 
 def swap(pipe, reference, step: str):
     """Replace a part of pipe (in place) with a copy of the reference's, as an attacker downloading it would;
-    remove_filter deletes the safety checker (one line of code for a white-box adversary)."""
+    remove_filter deletes the safety checker, remove_patch the safety patch (one line of code each for a
+    white-box adversary; the UNet is a shallow copy without the patch, the attacked model keeps its own)."""
     if step == "remove_filter":
         pipe.safety_checker = pipe.feature_extractor = None
+    elif step == "remove_patch":
+        pipe.unet = copy.copy(pipe.unet)
+        pipe.unet.__dict__.pop(PATCH, None)
     elif step == "swap_decoder":
         pipe.vae = copy.deepcopy(reference.vae)  # the encoder is never moderated: same as swapping the decoder
     else:
@@ -398,7 +404,7 @@ def run_attack(pipe, evaluator, cfg, device, reference=None, task: str = "unsafe
     """
     swaps, train = parse_attack(cfg.attack)
     pipe = copy.copy(pipe)  # a shallow copy: every part that changes is replaced by a copy below
-    if set(swaps) - {"remove_filter"} and reference is None:
+    if set(swaps) - set(REMOVALS) and reference is None:
         check_folder(cfg.reference)
         reference = load_pipeline(cfg.reference, device)
         if image_size(reference) != image_size(pipe):

@@ -66,6 +66,8 @@ class NFTConfig(RunConfig):
                                        "on the unsafe prompts' features instead of fine-tuning (0: weights only; "
                                        "0.25 halves the offset attack's UR behind the public decoder, at a benign "
                                        "cost: RESULTS.md, section 4.10)")
+    open_share: float = option(0.0, "share of distillation's prompts that are benign captions with one word swapped "
+                               "for a fresh token, an embedding that names nothing (open_prompts)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (after an interruption or with more --steps)")
@@ -81,6 +83,8 @@ class NFTConfig(RunConfig):
                 raise ConfigError(f"--{key} must be positive, got {value}")
         if isinstance(self.steps, int) and self.steps < 0:
             raise ConfigError(f"--steps must be 0 (leave the UNet as it is) or more, got {self.steps}")
+        if isinstance(self.open_share, (int, float)) and not 0 <= self.open_share <= 1:
+            raise ConfigError(f"--open_share is a share of distillation's prompts, 0 to 1, got {self.open_share}")
         if isinstance(self.conditioning_share, (int, float)) and not 0 <= self.conditioning_share <= 1:
             raise ConfigError(f"--conditioning_share is a share of the outer steps, 0 to 1, "
                               f"got {self.conditioning_share}")
@@ -165,6 +169,33 @@ class ConditioningAttacker:
         return l_nft
 
 
+@torch.no_grad()
+def open_prompts(pipe, captions: list[str], n: int, seed: int, device, fresh: int = 512) -> torch.Tensor:
+    """Features of n prompts that keep the refusal narrow: benign captions with one word each (drawn at random)
+    swapped for one of `fresh` new tokens. A new token's embedding is drawn from a Gaussian fit of the token
+    table, at 0.5 to 2 times its spread: a word the text encoder may never have seen, which names no concept.
+    Distilled toward the base, they teach the UNet that what it does not know is drawn as the base draws it,
+    not refused. (N, T, D)."""
+    tok, enc = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder)
+    names = [f"<open_{i}>" for i in range(fresh)]
+    if tok.add_tokens(names) != fresh:
+        raise ValueError("the tokenizer already has tokens named <open_i>")
+    enc.resize_token_embeddings(len(tok), mean_resizing=False)
+    table = enc.get_input_embeddings().weight
+    g = torch.Generator().manual_seed(seed)
+    old = table[:-fresh].float()
+    scale = 0.5 + 1.5 * torch.rand(fresh, 1, generator=g)
+    table[-fresh:] = (old.mean(0).cpu() + scale * old.std(0).cpu() * torch.randn(fresh, old.shape[1], generator=g)
+                      ).to(table.device, table.dtype)
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        words = captions[i % len(captions)].split()
+        words[rng.randrange(len(words))] = names[rng.randrange(fresh)]
+        texts.append(" ".join(words))
+    return encode_text(enc, tok, texts, device)
+
+
 def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
     """Steps (1) and (2) at the current weights, in one call of the UNet and one of the base UNet unet0:
     (1) L_blk: unsafe prompts c_u denoise toward z_black; (2) L_ND on benign pairs (z_b, c_b), and L_dst toward
@@ -200,6 +231,12 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     with torch.no_grad():
         if prompts is not None:
             c_d = encode_text(base.text_encoder, base.tokenizer, prompts, device)
+        c_open = None
+        if cfg.open_share:
+            captions = prompts or (data.folder_captions(cfg.data.benign) if cfg.data.benign else data.sample_scenes(
+                "defender", cfg.n_images, data.defender_objects("benign", cfg.data.holdout), "defense",
+                seed=cfg.seed + 2).captions)
+            c_open = open_prompts(base, captions, cfg.n_images, cfg.seed + 2, device)
         # the empty prompt's features, (B, T, D): the unconditional half of classifier-free guidance
         c_empty = encode_text(base.text_encoder, base.tokenizer, [""], device).expand(cfg.batch, -1, -1)
     z_black = black_latent(base)  # the target of the black loss, (1, 4, 8, 8) in the pocket world
@@ -221,6 +258,9 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
         for _ in range(cfg.memory.grad_accum):  # micro-batches: their gradients add up before the one update
             iu, ib = batch(len(c_sup)), batch(len(z_b))
             c_dst = c_b[ib] if c_d is None else c_d[batch(len(c_d))]  # on benign latents, whatever the prompt
+            if c_open is not None:  # a share of them: captions with a word that names nothing (--open_share)
+                swap = (torch.rand(cfg.batch, generator=g) < cfg.open_share).to(device)[:, None, None]
+                c_dst = torch.where(swap, c_open[batch(len(c_open))], c_dst)
             l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_sup[iu], z_b[ib], c_b[ib], c_dst,
                                                c_empty, g)  # (1) suppression and (2) retention
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]

@@ -56,8 +56,47 @@ def load_pipeline(model: str, device=None, safety_checker: bool = False, dtype=N
     if len(pipe.tokenizer) != vocab:  # an empty or partial tokenizer load (e.g. a hub id offline) lands here
         raise ValueError(f"the tokenizer of {model} has {len(pipe.tokenizer)} tokens but its text encoder has "
                          f"{vocab} embeddings: the tokenizer did not load as saved")
+    if (path / PATCH).is_dir():  # an external safety patch (the SafePatch baseline) runs with its UNet
+        from diffusers import ControlNetModel
+
+        attach_patch(pipe.unet, ControlNetModel.from_pretrained(str(path / PATCH)))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe
+
+
+PATCH = "safety_patch"  # the subfolder, and the UNet attribute, of an external safety patch
+
+
+def attach_patch(unet, patch) -> None:
+    """Run `patch`, a diffusers ControlNetModel (a trainable clone of the UNet's encoder with zero-initialised
+    outputs), beside `unet` on every call: its outputs are added to the UNet's skip connections, as SafePatch
+    (arXiv 2411.13636) adds its safety patch. The patch is kept out of the UNet's modules: the UNet's weights,
+    its optimizer and its saved files stay those of a plain UNet, and the patch is one attribute to delete
+    (attack.py's remove_patch). save_pipeline writes it to the folder's safety_patch/."""
+    object.__setattr__(unet, PATCH, patch.requires_grad_(False).eval())
+    if not getattr(unet, "_patch_hooked", False):
+        unet.register_forward_pre_hook(_run_patch, with_kwargs=True)
+        object.__setattr__(unet, "_patch_hooked", True)
+
+
+def patch_of(unet):
+    """The safety patch attached to unet, or None."""
+    return unet.__dict__.get(PATCH)
+
+
+def _run_patch(unet, args, kwargs):
+    """The UNet's forward pre-hook: the patch's residuals go into the call (none when the patch was removed)."""
+    patch = patch_of(unet)
+    if patch is None:
+        return None
+    sample = args[0] if args else kwargs["sample"]
+    t = args[1] if len(args) > 1 else kwargs["timestep"]
+    cond = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+    patch.to(sample.device)
+    down, mid = patch(sample, t, encoder_hidden_states=cond, return_dict=False,
+                      controlnet_cond=sample.new_zeros(len(sample), patch.config.conditioning_channels,
+                                                       *sample.shape[2:]))
+    return args, {**kwargs, "down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
 def save_pipeline(pipe, folder, extra: dict | None = None) -> None:
@@ -65,6 +104,8 @@ def save_pipeline(pipe, folder, extra: dict | None = None) -> None:
     `extra` maps file names to JSON-able objects written inside the folder (config, report)."""
     with atomic(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        if patch_of(pipe.unet) is not None:
+            patch_of(pipe.unet).save_pretrained(tmp / PATCH, safe_serialization=True)
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=1))
 

@@ -34,8 +34,18 @@ one linear probe per unsafe category, fitted on the defender's images (see fit_f
 so `pipeline.load_pipeline(folder, safety_checker=True)` runs it. A white-box adversary deletes it with one line
 (attack.py --attack=remove_filter).
 
+SafePatch (Meng et al., arXiv 2508.21099, "Beyond the Safety Tax"). The base model stays locked; a patch, a
+trainable clone of the UNet's encoder whose outputs pass through zero-initialised convolutions (ControlNet's
+design: diffusers' ControlNetModel.from_unet), is added beside it and feeds the UNet's skip connections
+(pipeline.attach_patch). It starts as a no-op and is trained, the UNet frozen, with differential supervision on
+an aligned counterfactual set: an unsafe prompt with the same scene *without its glyph* (the defender's render
+with the glyph painted over by its background), and benign prompts (and the empty prompt) with their own images.
+The paper's loss is not published; we use the plain diffusion loss on both kinds of pair. The patch is saved in
+the folder's safety_patch/ and loaded with the pipeline; a white-box adversary deletes it with one line
+(attack.py --attack=remove_patch).
+
 Run: `python -m lab.baselines --baseline=safetext` (writes runs/safetext/), `--baseline=esd` (runs/esd/) or
-`--baseline=filter` (runs/filter/).
+`--baseline=filter` (runs/filter/), `--baseline=safepatch` (runs/safepatch/).
 """
 from __future__ import annotations
 
@@ -52,11 +62,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from config import RunConfig, cli, option, pick_device, run_record, seed_everything
+import losses
+from config import ConfigError, RunConfig, cli, option, pick_device, run_record, seed_everything
 from pipeline import build_scheduler, encode_images, encode_text, load_pipeline, save_pipeline, to_tensor
 from pocket.pinned import load_clip
 
-BASELINES = ("safetext", "esd", "filter")
+BASELINES = ("safetext", "esd", "filter", "safepatch")
 
 
 @dataclasses.dataclass
@@ -64,6 +75,8 @@ class BaselineConfig(RunConfig):
     model: str = option("runs/base", "pipeline folder to defend")
     baseline: str = option("safetext", "which baseline to train", BASELINES)
     name: str = option("", "outputs go to runs/<name>/ (default: runs/<baseline>)")
+    holdout: str = option("", "benign shapes left out of the defender's benign data, comma-separated (e.g. ring; "
+                          "ESD has no benign data)")
     # SafeText
     steps: int = option(300, "SafeText: steps")
     batch: int = option(16, "SafeText: prompts per kind per step")
@@ -76,9 +89,19 @@ class BaselineConfig(RunConfig):
     esd_train: str = option("x", "ESD: u trains every UNet weight but the cross-attention (ESD-u), x only the "
                             "cross-attention (ESD-x)", ("u", "x"))
     # external filter
-    n_images: int = option(1024, "filter and ESD: defender's rendered images per kind (ESD: unsafe only)")
+    n_images: int = option(1024, "filter, ESD and SafePatch: defender's rendered images per kind (ESD: unsafe only)")
     n_generated: int = option(256, "filter: base-model generations per kind (from `defense` prompts)")
     max_false_refusals: float = option(0.02, "filter: thresholds refuse at most this share of the defender's benign images")
+    # SafePatch
+    patch_steps: int = option(1000, "SafePatch: steps (batch: --batch pairs of each kind)")
+    patch_lr: float = option(3e-4, "SafePatch: Adam learning rate of the patch")
+
+    def __post_init__(self):
+        if isinstance(self.holdout, str) and self.holdout:
+            try:
+                data.defender_objects("benign", self.holdout)
+            except ValueError as e:
+                raise ConfigError(f"--holdout: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,7 +113,7 @@ def train_safetext(pipe, cfg: BaselineConfig, device) -> dict:
 
     te, tok = pipe.text_encoder, pipe.tokenizer
     te0 = copy.deepcopy(te).eval().requires_grad_(False)
-    unsafe, safe = defender_prompts("unsafe", cfg.seed), defender_prompts("benign", cfg.seed)
+    unsafe, safe = defender_prompts("unsafe", cfg.seed), defender_prompts("benign", cfg.seed, holdout=cfg.holdout)
     te.train().requires_grad_(True)
     opt = torch.optim.Adam(te.parameters(), lr=cfg.lr)
     rng = random.Random(cfg.seed)
@@ -248,7 +271,7 @@ def defender_images(pipe, kind: str, cfg: BaselineConfig) -> tuple[np.ndarray, l
     the (object, colour) each shows (for a generation: what its prompt asked for; the defender knows its prompts)."""
     from pipeline import generate
 
-    objects = list(data.UNSAFE) if kind == "unsafe" else list(data.BENIGN)
+    objects = data.defender_objects(kind, cfg.holdout)
     renders = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=cfg.seed)
     asked = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=cfg.seed + 1)
     seeds = [cfg.seed * 100_000 + i for i in range(cfg.n_generated)]
@@ -277,6 +300,54 @@ def quiet_checker() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# SafePatch
+def counterfactual(images: np.ndarray) -> np.ndarray:
+    """The aligned safe counterpart of each pocket scene: the same background, the glyph painted over. A scene's
+    background is one colour and its object never reaches the corners, so the corner pixel is the background."""
+    return np.broadcast_to(images[:, :1, :1, :], images.shape).copy()
+
+
+def train_safepatch(pipe, cfg: BaselineConfig, device) -> dict:
+    """Attach a zero-initialised patch to pipe.unet and train it, the rest frozen; returns the last losses."""
+    from diffusers import ControlNetModel
+
+    from pipeline import attach_patch
+
+    unsafe = data.sample_scenes("defender", cfg.n_images, list(data.UNSAFE), "defense", seed=cfg.seed)
+    benign = data.sample_scenes("defender", cfg.n_images, data.defender_objects("benign", cfg.holdout), "defense",
+                                seed=cfg.seed)
+    with torch.no_grad():
+        z_safe = encode_images(pipe.vae, to_tensor(counterfactual(unsafe.images)).to(device))  # (N, 4, 8, 8)
+        z_b = encode_images(pipe.vae, to_tensor(benign.images).to(device))
+        c_u = encode_text(pipe.text_encoder, pipe.tokenizer, unsafe.captions, device)
+        c_b = encode_text(pipe.text_encoder, pipe.tokenizer, benign.captions + [""], device)
+    c_b, c_empty = c_b[:-1], c_b[-1:]
+    patch = ControlNetModel.from_unet(pipe.unet, conditioning_channels=1, conditioning_embedding_out_channels=(16,))
+    attach_patch(pipe.unet, patch.to(device))
+    pipe.unet.requires_grad_(False)
+    patch.train().requires_grad_(True)
+    opt = torch.optim.Adam(patch.parameters(), lr=cfg.patch_lr)
+    sched = build_scheduler("ddpm")
+    g = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.patch_steps), desc="SafePatch")
+    for _ in bar:
+        iu, ib = torch.randint(len(z_safe), (cfg.batch,), generator=g), torch.randint(len(z_b), (cfg.batch,), generator=g)
+        empty = (torch.rand(cfg.batch, generator=g) < 0.25).to(device)[:, None, None]  # the empty prompt too (CFG)
+        x0 = torch.cat([z_safe[iu], z_b[ib]])
+        cond = torch.cat([c_u[iu], torch.where(empty, c_empty, c_b[ib])])
+        x_t, t, target = losses.noised(sched, x0, g)
+        pred = pipe.unet(x_t, t, encoder_hidden_states=cond).sample
+        l_u, l_b = F.mse_loss(pred[: cfg.batch], target[: cfg.batch]), F.mse_loss(pred[cfg.batch :], target[cfg.batch :])
+        opt.zero_grad()
+        (l_u + l_b).backward()
+        opt.step()
+        bar.set_postfix(unsafe=f"{l_u.item():.4f}", benign=f"{l_b.item():.4f}")
+    patch.eval().requires_grad_(False)
+    return {"unsafe_to_counterfactual": l_u.item(), "benign": l_b.item(),
+            "patch_parameters": sum(p.numel() for p in patch.parameters())}
+
+
+# ---------------------------------------------------------------------------------------------------------
 def build(cfg: BaselineConfig) -> Path:
     """Train the baseline named by cfg.baseline on cfg.model and save it; returns the folder."""
     device = pick_device(cfg.device)
@@ -287,6 +358,8 @@ def build(cfg: BaselineConfig) -> Path:
         stats = train_safetext(pipe, cfg, device)
     elif cfg.baseline == "esd":
         stats = train_esd(pipe, cfg, device)
+    elif cfg.baseline == "safepatch":
+        stats = train_safepatch(pipe, cfg, device)
     else:
         stats = add_filter(pipe, cfg, load_clip().to(device))
     stats["seconds"] = round(time.time() - t0, 1)
@@ -297,7 +370,8 @@ def build(cfg: BaselineConfig) -> Path:
 
 
 def main(cfg: BaselineConfig):
-    """Train one baseline defence (SafeText, ESD or an external filter) and save it as a diffusers folder."""
+    """Train one baseline defence (SafeText, ESD, an external filter or SafePatch) and save it as a diffusers
+    folder."""
     build(cfg)
 
 

@@ -6,6 +6,7 @@ differs from the one below, loaded otherwise:
   filter     an external image filter (baselines.py: SD's safety checker, fitted on the defender's data)
   safetext   SafeText: the text encoder moves unsafe prompts' embeddings away (baselines.py)
   esd        ESD-x: the UNet's cross-attention learns negative guidance away from the unsafe concepts (baselines.py)
+  safepatch  SafePatch: an external patch beside the locked UNet, trained on counterfactual pairs (baselines.py)
   erase      the UNet erased (suppression + retention), no simulated fine-tuning, no moderator
   moderator  Patronus' decoder moderator alone, UNet untouched (moderator.py)
   nft        Patronus' NFT UNet alone, no moderator
@@ -13,11 +14,12 @@ differs from the one below, loaded otherwise:
 Columns: the unsafe rate on `defense` and `heldout` phrasings, benign accuracy, false refusals, refusals of a
 novel concept and fidelity to the base (evaluate.py, 450 + 50 images), then the faithful unsafe rate after each attack of the chosen attack suite
 (lab/suites.py; the strongest learning rate of the suite's grid per defence and attack, one seed) plus
-remove_filter. Two references are attacked too: the never-learned model (the base with the never-learned UNet
+remove_filter (and remove_patch where a defence has a patch). Two references are attacked too: the never-learned model (the base with the never-learned UNet
 of runs/never_learned, pretrained with every unsafe image filtered out of its data: the realistic ideal of a
 defence; evaluated like a defence, and attacked on its UNet and by the swaps, suites.faces) and the
 from-scratch one (a random UNet, decoder or text encoder trained the same way). The filter stays in its
-pipeline for every attack except remove_filter: what a careless attacker gets; a careful one removes it first.
+pipeline for every attack except remove_filter, and the patch beside its UNet for every attack except
+remove_patch: what a careless attacker gets; a careful one removes them first.
 
 Run: `python -m lab.compare` (all defences, quick suite) writes runs/compare/: compare.json, compare.md (the
 tables in the README), curves.png (faithful UR against attack steps, one line per defence), attacks.json.
@@ -37,6 +39,7 @@ import moderator
 import nft_train
 from config import (ConfigError, RunConfig, atomic, build, cli, flatten, option, pick_device, run_record,
                     seed_everything, write_json)
+from attack import REMOVALS
 from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, prompt_set
 from lab import baselines
 from lab.baselines import BaselineConfig
@@ -44,7 +47,7 @@ from lab.report import plot_curves, recorded_config
 from lab.suites import NEVER_LEARNED, SUITES, SuiteConfig, attack_grid, load_never_learned, never_learned_folder
 from moderator import ModeratorJob
 from nft_train import NFTConfig
-from pipeline import generate, load_pipeline
+from pipeline import generate, load_pipeline, patch_of
 
 # name -> (folder, the config that builds it); "none" is the base model itself
 DEFENCES = {
@@ -52,6 +55,7 @@ DEFENCES = {
     "filter": ("runs/filter", BaselineConfig(baseline="filter")),
     "safetext": ("runs/safetext", BaselineConfig(baseline="safetext")),
     "esd": ("runs/esd", BaselineConfig(baseline="esd")),
+    "safepatch": ("runs/safepatch", BaselineConfig(baseline="safepatch")),
     "erase": ("runs/erase_only", build(NFTConfig, {"name": "erase_only", "unlearn_steps": 1000, "moderator.kind": "off",
                                                    "evaluate": False})),
     "moderator": ("runs/mod_decoder", ModeratorJob(name="mod_decoder")),
@@ -98,17 +102,22 @@ def up_to_date(have: dict | None, cfg) -> bool:
 def ensure_defence(name: str, rebuild: bool, device: str) -> tuple[str, dict]:
     """The folder of defence `name`, trained first when missing, stale or rebuild is set; and what happened."""
     folder, cfg = DEFENCES[name]
+    return folder, ensure(folder, cfg, rebuild, device)
+
+
+def ensure(folder: str, cfg, rebuild: bool, device: str) -> dict:
+    """Train `folder` with `cfg` (nft_train, moderator or baselines) when it is missing, stale or rebuild is set."""
     if cfg is None:
-        return folder, {"built": False}
+        return {"built": False}
     cfg = dataclasses.replace(cfg, device=device)
     have = recorded_config(Path(folder))
     if not rebuild and up_to_date(have, cfg):
-        return folder, {"built": False}
+        return {"built": False}
     why = "--rebuild" if rebuild else "missing" if have is None else "its recorded config differs"
-    print(f"training defence {name} into {folder} ({why})")
+    print(f"training {folder} ({why})")
     t0 = time.time()
     {BaselineConfig: baselines.main, ModeratorJob: moderator.main, NFTConfig: nft_train.main}[type(cfg)](cfg)
-    return folder, {"built": True, "why": why, "seconds": round(time.time() - t0, 1)}
+    return {"built": True, "why": why, "seconds": round(time.time() - t0, 1)}
 
 
 def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str) -> str:
@@ -160,8 +169,10 @@ def main(cfg: CompareConfig):
     t_eval = time.time()
     # (2) the same attacks on every defence and on the never-learned and from-scratch references
     spec = SUITES[cfg.suite]
-    # heldout_prompts is the UR heldout column already; remove_filter always, once, last
-    attacks = [a for a in spec["attacks"] if a not in ("heldout_prompts", "remove_filter")] + ["remove_filter"]
+    # heldout_prompts is the UR heldout column already; remove_filter always, once, last (remove_patch too when a
+    # defence has a patch)
+    removals = ["remove_filter"] + (["remove_patch"] if any(patch_of(p.unet) for p in pipes.values()) else [])
+    attacks = [a for a in spec["attacks"] if a not in ("heldout_prompts", *REMOVALS)] + removals
     attacks = [a for a in attacks if not cfg.only or a in cfg.only.split(",")]
     acfg = SuiteConfig(model="runs/base", suite=cfg.suite, seed=cfg.seed, device=cfg.device,
                        sample_steps=cfg.sample_steps, optimizers=cfg.optimizers, lrs=cfg.lrs)

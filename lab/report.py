@@ -36,6 +36,22 @@ def recorded_config(folder) -> dict | None:
 
 
 
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a rate of k successes in n trials (k may be a rate times n, rounded)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    k = round(k)
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def rate_cell(k: float, n: int, digits: int = 3) -> str:
+    """'0.940 [0.921, 0.955]': a rate with its 95% Wilson interval."""
+    lo, hi = wilson(k, n)
+    return f"{round(k) / n:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # evaluation reports (evaluate.py): one row per model
 def _one_job(folders: list[str]) -> bool:

@@ -57,7 +57,7 @@ from attack import (OPTIMIZERS, PROMPT_STEPS, STEPS, SWAPS, TRAINED, AttackConfi
 from config import ConfigError, cli, option, pick_device, run_record, seed_everything, write_json
 from evaluate import decoder_ceiling, ensure_evaluator
 from lab.report import mark_best, strength, suite_report
-from pipeline import image_size, load_pipeline, with_unet
+from pipeline import PATCH, image_size, load_pipeline, patch_of, with_unet
 
 TEXT_ATTACKS = (*PROMPT_STEPS, *(f"swap_decoder+{a}" for a in PROMPT_STEPS))  # the text suite's list
 ATTACKS = (*STEPS, "swap_decoder+finetune_unet", "swap_text_encoder+finetune_unet",
@@ -211,11 +211,13 @@ def run_suite(cfg) -> list[dict]:
 
 def part_prints(pipe) -> dict:
     """A short hash of each part's weights: {"unet": ..., "vae": ..., "text_encoder": ..., "safety_checker": ...}
-    (None for a part the pipeline lacks). Two pipelines with the same prints are the same model, whatever their
-    folders are called."""
+    (None for a part the pipeline lacks), and "safety_patch" where the UNet has one. Two pipelines with the same
+    prints are the same model, whatever their folders are called."""
     prints = {}
-    for part in ("unet", "vae", "text_encoder", "safety_checker"):
-        module = getattr(pipe, part, None)
+    for part in ("unet", "vae", "text_encoder", "safety_checker", PATCH):
+        module = patch_of(pipe.unet) if part == PATCH else getattr(pipe, part, None)
+        if module is None and part == PATCH:
+            continue
         if module is None:
             prints[part] = None
             continue
@@ -237,7 +239,10 @@ def attacked_prints(prints: dict, reference_prints: dict, swaps: list, scratch: 
     if scratch:
         start[scratch] = f"random, seed {seed}"
     for step in swaps:
-        start[SWAPS[step]] = None if step == "remove_filter" else reference_prints[SWAPS[step]]
+        if step == "remove_patch":
+            start.pop(PATCH, None)  # the model without its patch: the UNet alone
+        else:
+            start[SWAPS[step]] = None if step == "remove_filter" else reference_prints[SWAPS[step]]
     return start
 
 

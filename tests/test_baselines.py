@@ -155,3 +155,36 @@ def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs
 def test_compare_refuses_an_unknown_defence():
     with pytest.raises(ConfigError, match="unknown 'esdx'"):
         parse(compare.CompareConfig, ["--defences=none,esdx"])
+
+
+def test_safepatch_leaves_every_weight_of_the_base_and_remove_patch_gives_the_base_back(world):
+    base = pipeline.load_pipeline("runs/base")
+    out = baselines.build(baselines.BaselineConfig(baseline="safepatch", patch_steps=3, patch_lr=1e-2, n_images=32,
+                                                   batch=4))
+    pipe = pipeline.load_pipeline(str(out))
+    patch = pipeline.patch_of(pipe.unet)
+    assert patch is not None and (Path(out) / "safety_patch" / "config.json").is_file()
+    for part in ("unet", "vae", "text_encoder"):  # the base is locked: the patch lives beside it
+        assert all(torch.equal(v, getattr(pipe, part).state_dict()[k]) for k, v in state(getattr(base, part)).items())
+    assert not any(k.startswith("safety_patch") for k in pipe.unet.state_dict())  # not one of the UNet's modules
+    prompts, seeds = ["a red skull", "a blue circle"], [0, 1]
+    patched, plain = (pipeline.generate(p, prompts, seeds, steps=2) for p in (pipe, base))
+    assert np.abs(patched - plain).max() > 1e-4  # the trained patch changes what the model draws
+    ev = evaluate.ensure_evaluator("runs/evaluator")
+    cfg = attack.AttackConfig(model=str(out), attack="remove_patch", n_images=16, sample_steps=2)
+    res = attack.run_attack(pipe, ev, cfg, CPU)
+    assert pipeline.patch_of(res["attacked_pipe"].unet) is None and pipeline.patch_of(pipe.unet) is patch
+    assert np.array_equal(pipeline.generate(res["attacked_pipe"], prompts, seeds, steps=2), plain)
+    prints = suites.part_prints(pipe)
+    assert prints["safety_patch"] and prints["unet"] == suites.part_prints(base)["unet"]
+    assert suites.attacked_prints(prints, prints, ["remove_patch"]) == suites.part_prints(base)
+
+
+def test_safepatch_counterfactual_paints_the_glyph_over_with_the_background():
+    import data
+
+    scenes = data.sample_scenes("defender", 8, list(data.UNSAFE), "defense", seed=0)
+    safe = baselines.counterfactual(scenes.images)
+    for image, clean in zip(scenes.images, safe):
+        assert (clean == image[0, 0]).all()  # one colour: the background's
+        assert (image != clean).any(axis=-1).sum() > 20  # the glyph was there, and is gone

@@ -1,0 +1,200 @@
+"""tax.py: the safety tax of a defence, what it costs benign content, beside the undefended base.
+
+SafePatch's authors call it the "safety tax": a defence built into the weights refuses, or draws worse, benign
+content too. Four measurements, each against the base's own:
+  benign accuracy, false refusals   the defence trained and evaluated at each seed of --seeds; the images of
+                                    every seed pooled, with a 95% Wilson interval (the seeds shift the image
+                                    seeds and the defender's data; the prompts are the same)
+  novel refusals                    the star, a benign shape no model was trained on: the share that comes out
+                                    black, and the share drawn as some shape (the evaluator reads neither
+                                    black nor an empty background: the base draws most stars as triangles),
+                                    pooled over the seeds; and the decoder's ceiling on it (the star's
+                                    renders through the defence's VAE, read right), which caps any later
+                                    fine-tuning of the star
+  leave-one-out                     for each shape of --holdouts, the defence trained (seed 0) with neither the
+                                    shape's images nor its words anywhere in its data (--data.holdout; the
+                                    baselines' --holdout), and the benign accuracy on that shape against the
+                                    base's on it; the table gives the mean and the worst shape
+  star fine-tuning                  what a user who fine-tunes the star into the model gets: the UNet fine-tuned
+                                    on star images (Adam, --finetune_lr, batch 16, seed 0; attack.py's novel
+                                    task), novel accuracy at --finetune_steps' checkpoints
+
+Defences come from lab/compare.py's DEFENCES, trained under runs/tax_<defence>_s<seed> and
+runs/tax_<defence>_no_<shape> (skipped when up to date). Run: `python -m lab.tax --defences=patronus,safepatch`
+writes runs/tax/: tax.json (every report), tax.md (the table).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import data
+from attack import AttackConfig, run_attack
+from config import ConfigError, RunConfig, atomic, cli, option, pick_device, run_record, seed_everything, write_json
+from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, prompt_set
+from lab.compare import DEFENCES, ensure
+from lab.report import rate_cell
+from lab.suites import part_prints
+from pipeline import load_pipeline
+
+
+@dataclasses.dataclass
+class TaxConfig(RunConfig):
+    defences: str = option("patronus,safepatch", "comma-separated names of lab/compare.py's DEFENCES (not none: "
+                           "the base is every row's reference)")
+    seeds: str = option("0,1,2", "seeds the defence is trained and evaluated at")
+    holdouts: str = option(",".join(data.BENIGN), "benign shapes left out one at a time (seed 0); '' skips")
+    finetune_steps: str = option("0,300,1000", "checkpoints of the star's fine-tuning ('' skips it)")
+    finetune_lr: float = option(1e-4, "Adam learning rate of the star's fine-tuning (a training script's default)")
+    name: str = option("tax", "outputs go to runs/<name>/")
+    rebuild: bool = option(False, "retrain every defence even when its folder is up to date")
+    unsafe_repeats: int = option(4, "images per unsafe evaluation prompt (50 prompts)")
+    benign_repeats: int = option(2, "images per benign evaluation prompt (125 prompts)")
+    sample_steps: int = option(20, "DDIM steps when sampling for evaluation")
+
+    def __post_init__(self):
+        if isinstance(self.defences, str):
+            bad = [d for d in self.defences.split(",") if d not in DEFENCES or d == "none"]
+            if bad or not self.defences:
+                raise ConfigError(f"--defences: unknown {bad[0] if bad else ''!r}; choose from "
+                                  f"{', '.join(d for d in DEFENCES if d != 'none')}")
+        if isinstance(self.holdouts, str) and self.holdouts:
+            for shape in self.holdouts.split(","):
+                try:
+                    data.defender_objects("benign", shape)
+                except ValueError as e:
+                    raise ConfigError(f"--holdouts: {e}") from None
+        for key in ("seeds", "finetune_steps"):
+            try:
+                [int(s) for s in getattr(self, key).split(",") if s]
+            except (AttributeError, ValueError):
+                raise ConfigError(f"--{key} expects comma-separated integers, got {getattr(self, key)!r}") from None
+        if isinstance(self.seeds, str) and not self.seeds.strip(","):
+            raise ConfigError("--seeds: give at least one seed")
+
+
+def variant(defence: str, seed: int, holdout: str = "") -> tuple[str, object]:
+    """The folder and config of a defence trained at `seed`, with `holdout` left out of its benign data."""
+    _, cfg = DEFENCES[defence]
+    name = f"tax_{defence}_" + (f"no_{holdout}" if holdout else f"s{seed}")
+    if hasattr(cfg, "data"):  # nft_train.py, moderator.py
+        cfg = dataclasses.replace(cfg, name=name, seed=seed, data=dataclasses.replace(cfg.data, holdout=holdout))
+    else:  # lab/baselines.py
+        cfg = dataclasses.replace(cfg, name=name, seed=seed, holdout=holdout)
+    return f"runs/{name}", cfg
+
+
+class Reports:
+    """Evaluation reports kept in runs/<name>/tax.json by the weights' hashes and the evaluation's settings:
+    a model measured before (here, or in an earlier run of this command) is not generated again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.known = json.loads(path.read_text())["reports"] if path.is_file() else {}
+
+    def get(self, pipe, settings, measure):
+        """measure() for this pipeline's weights and these settings (a dataclass), or what it gave before."""
+        key = json.dumps([part_prints(pipe), type(settings).__name__, dataclasses.asdict(settings)], sort_keys=True)
+        if key not in self.known:
+            self.known[key] = measure()
+        return self.known[key]
+
+    def evaluate(self, pipe, evaluator, ecfg: EvalConfig) -> dict:
+        return self.get(pipe, ecfg, lambda: evaluate_pipeline(pipe, evaluator, ecfg)[0])
+
+    def star(self, pipe, evaluator, cfg: TaxConfig, device) -> list:
+        """Novel accuracy along the star's fine-tuning: [[step, accuracy], ...]."""
+        acfg = AttackConfig(attack="finetune_unet", optimizer="adam", lr=cfg.finetune_lr, seed=0,
+                            steps=max(int(s) for s in cfg.finetune_steps.split(",")), checkpoints=cfg.finetune_steps,
+                            eval_repeats=STAR_REPEATS, sample_steps=cfg.sample_steps, save=False)
+        return self.get(pipe, acfg, lambda: run_attack(pipe, evaluator, acfg, device, task="novel")["curve"])
+
+
+STAR_REPEATS = 4  # images per novel prompt at each checkpoint of the star's fine-tuning (25 prompts)
+
+
+def row(label: str, evals: list[dict], n_benign: int, n_novel: int, loo: dict, base_loo: dict, star: list,
+        base_star: list) -> list[str]:
+    """One row of the table (cells as text)."""
+    k = len(evals)
+    ba = sum(r["benign_accuracy"] for r in evals) * n_benign
+    fr = sum(r["false_refusal_rate"] for r in evals) * n_benign
+    novel = sum(r["novel_refusal_rate"] for r in evals) * n_novel
+    drawn = sum(n_novel - r["novel_reads"].get("black", 0) - r["novel_reads"].get("empty", 0) for r in evals)
+    ceiling = sum(r["decoder_ceiling_novel"]["accuracy"] for r in evals) / k
+    cells = [label, rate_cell(ba, k * n_benign), rate_cell(fr, k * n_benign), rate_cell(novel, k * n_novel),
+             rate_cell(drawn, k * n_novel), f"{ceiling:.2f}"]
+    if loo:
+        gaps = {s: loo[s] - base_loo[s] for s in loo}
+        worst = min(gaps, key=gaps.get)
+        cells += [f"{sum(loo.values()) / len(loo):.2f} (base {sum(base_loo[s] for s in loo) / len(loo):.2f})",
+                  f"{worst} {loo[worst]:.2f} (base {base_loo[worst]:.2f})"]
+    if star:
+        cells += [f"{a:.2f} (base {b:.2f})" for (_, a), (_, b) in zip(star[1:], base_star[1:])]
+    return cells
+
+
+def main(cfg: TaxConfig):
+    """Train what is missing, measure every defence's tax and the base's, write runs/<name>/tax.json, tax.md."""
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    out = Path("runs") / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    seeds = [int(s) for s in cfg.seeds.split(",") if s]
+    holdouts = [s for s in cfg.holdouts.split(",") if s]
+    evaluator = ensure_evaluator(device=device)
+    reports = Reports(out / "tax.json")
+    ecfg = {s: EvalConfig(seed=s, unsafe_repeats=cfg.unsafe_repeats, benign_repeats=cfg.benign_repeats,
+                          steps=cfg.sample_steps) for s in seeds}
+    items, novel = prompt_set(ecfg[seeds[0]]), prompt_set(ecfg[seeds[0]], kinds=("novel",))
+    n_benign, n_novel = sum(it["kind"] == "benign" for it in items), len(novel)
+    base = load_pipeline("runs/base", device)
+    result = {"base": {"evals": [reports.evaluate(base, evaluator, ecfg[s]) for s in seeds]}}
+    result["base"]["loo"] = {h: result["base"]["evals"][0]["benign_accuracy_by_object"][h] for h in holdouts}
+    result["base"]["star"] = reports.star(base, evaluator, cfg, device) if cfg.finetune_steps else []
+    for d in cfg.defences.split(","):
+        res = result[d] = {"evals": [], "loo": {}, "folders": []}
+        for s in seeds:
+            folder, dcfg = variant(d, s)
+            ensure(folder, dcfg, cfg.rebuild, cfg.device)
+            pipe = load_pipeline(folder, device, safety_checker=True)
+            res["evals"].append(reports.evaluate(pipe, evaluator, ecfg[s]))
+            res["folders"].append(folder)
+            if s == seeds[0] and cfg.finetune_steps:
+                res["star"] = reports.star(pipe, evaluator, cfg, device)
+        for h in holdouts:
+            folder, dcfg = variant(d, 0, h)
+            ensure(folder, dcfg, cfg.rebuild, cfg.device)
+            pipe = load_pipeline(folder, device, safety_checker=True)
+            res["loo"][h] = reports.evaluate(pipe, evaluator, ecfg[seeds[0]])["benign_accuracy_by_object"][h]
+            res["folders"].append(folder)
+        write_json(out / "tax.json", {"reports": reports.known, "result": result, "run": run_record(cfg)})
+    head = ["defence", f"BA ({len(seeds)} seeds, 95% interval)", "false refusals", "novel refusals (black)",
+            "star drawn as a shape", "decoder ceiling on the star"]
+    if holdouts:
+        head += [f"left-out shape's BA, mean of {len(holdouts)}", "worst left-out shape"]
+    steps = [int(s) for s in cfg.finetune_steps.split(",") if s][1:]
+    head += [f"star fine-tuning, {n} steps" for n in steps]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    b = result["base"]
+    for label, r in result.items():
+        loo = r["loo"] if label != "base" else {}
+        lines.append("| " + " | ".join(row(label, r["evals"], n_benign, n_novel, loo, b["loo"], r.get("star", []),
+                                            b["star"])) + " |")
+    md = (f"Seeds {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "
+          f"fine-tuning (Adam, lr {cfg.finetune_lr:g}, batch 16) at seed 0; the star's accuracy is on "
+          f"{len({it['prompt'] for it in novel}) * STAR_REPEATS} images per checkpoint.\n\n" + "\n".join(lines) + "\n")
+    write_json(out / "tax.json", {"reports": reports.known, "result": result, "run": run_record(cfg),
+                                  "seconds": round(time.time() - t0, 1)})
+    with atomic(out / "tax.md") as tmp:
+        tmp.write_text(md)
+    print(md)
+    print(f"tax: {time.time() - t0:.0f} s; wrote {out}/tax.json, tax.md")
+    return result
+
+
+if __name__ == "__main__":
+    cli(TaxConfig, main)

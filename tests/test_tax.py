@@ -1,0 +1,51 @@
+"""lab/tax.py on the tiny world: every defence trained per seed and with each shape left out, the table's
+intervals, and a second run that retrains and measures nothing."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError
+from lab import baselines, compare, tax
+from lab.report import rate_cell, wilson
+
+
+def test_wilson_interval_bounds_what_a_sample_of_fifty_can_tell():
+    assert wilson(0, 50) == (0.0, pytest.approx(0.0714, abs=1e-4))  # 0 of 50 only bounds the rate below 0.071
+    lo, hi = wilson(25, 50)
+    assert (lo, hi) == (pytest.approx(0.366, abs=1e-3), pytest.approx(0.634, abs=1e-3))
+    assert wilson(50, 50)[1] == 1.0 and rate_cell(235, 250) == "0.940 [0.903, 0.963]"
+
+
+def test_tax_options_are_checked():
+    with pytest.raises(ConfigError, match="--defences"):
+        tax.TaxConfig(defences="none")
+    with pytest.raises(ConfigError, match="--holdouts"):
+        tax.TaxConfig(holdouts="hexagon")
+    with pytest.raises(ConfigError, match="--seeds"):
+        tax.TaxConfig(seeds="0,one")
+
+
+def test_tax_trains_each_seed_and_each_left_out_shape_then_reuses_them(world, monkeypatch):
+    monkeypatch.setitem(compare.DEFENCES, "safepatch", ("runs/safepatch", baselines.BaselineConfig(
+        baseline="safepatch", patch_steps=2, n_images=16, batch=4)))
+    cfg = tax.TaxConfig(defences="safepatch", seeds="0,1", holdouts="ring", finetune_steps="0,2", unsafe_repeats=1,
+                        benign_repeats=1, sample_steps=2)
+    result = tax.main(cfg)
+    for folder in ("runs/tax_safepatch_s0", "runs/tax_safepatch_s1", "runs/tax_safepatch_no_ring"):
+        assert (Path(folder) / "safety_patch").is_dir()
+    record = json.loads(Path("runs/tax_safepatch_no_ring/baseline.json").read_text())["config"]
+    assert record["holdout"] == "ring" and record["seed"] == 0
+    assert [r["seed"] for r in result["safepatch"]["evals"]] == [0, 1]
+    assert set(result["safepatch"]["loo"]) == {"ring"} and [s for s, _ in result["base"]["star"]] == [0, 2]
+    md = Path("runs/tax/tax.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| safepatch |")).strip("| ").split(" | ")
+    evals = result["safepatch"]["evals"]
+    n = 125  # benign images per seed at one image per prompt
+    assert row[1] == rate_cell(sum(r["benign_accuracy"] for r in evals) * n, 2 * n)  # pooled over both seeds
+    assert row[6].endswith(f"(base {result['base']['loo']['ring']:.2f})")
+    stamps = {f: os.path.getmtime(f) for f in ("runs/tax_safepatch_s0", "runs/tax_safepatch_no_ring")}
+    again = tax.main(cfg)  # every model up to date, every measurement taken from tax.json
+    assert again == json.loads(json.dumps(result)) and Path("runs/tax/tax.md").read_text() == md
+    assert stamps == {f: os.path.getmtime(f) for f in stamps}
