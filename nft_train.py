@@ -66,8 +66,9 @@ class NFTConfig(RunConfig):
                                        "on the unsafe prompts' features instead of fine-tuning (0: weights only; "
                                        "0.25 halves the offset attack's UR behind the public decoder, at a benign "
                                        "cost: RESULTS.md, section 4.10)")
-    open_share: float = option(0.0, "share of distillation's prompts that are benign captions with one word swapped "
-                               "for a fresh token, an embedding that names nothing (open_prompts)")
+    open_share: float = option(1.0, "share of distillation's prompts that are benign captions with one word swapped "
+                               "for a fresh token, an embedding that names nothing (open_prompts; 0: the "
+                               "benign captions themselves)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (after an interruption or with more --steps)")
