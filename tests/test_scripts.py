@@ -246,6 +246,25 @@ def test_the_conditioning_attacker_moves_its_offset_and_leaves_the_weights(world
         tiny_nft(conditioning_share=1.5)
 
 
+def test_open_prompts_swap_one_word_for_a_fresh_token_and_leave_the_tokenizer(world):
+    """Distillation's open prompts: each caption keeps its words but one, which becomes a token no vocabulary
+    has; the text encoder's causal attention leaves every position before that word as the caption's."""
+    base = pipeline.load_pipeline("runs/base")
+    captions = ["a photo of a red circle", "a blue square", "a drawing of a green ring"]
+    size = len(base.tokenizer)
+    feats = nft_train.open_prompts(base, captions, 6, seed=0, device=torch.device("cpu"))
+    plain = pipeline.encode_text(base.text_encoder, base.tokenizer, captions * 2, torch.device("cpu"))
+    assert feats.shape == plain.shape and len(base.tokenizer) == size  # the base's tokenizer is untouched
+    for f, p, caption in zip(feats, plain, captions * 2):
+        same = (f - p).abs().amax(-1) < 1e-5  # (T,): positions where the features are the caption's
+        first = int((~same).nonzero()[0])  # the swapped word's position (1 + word index: the start token)
+        assert 1 <= first <= len(caption.split()) and same[:first].all()  # every position before it kept
+    assert torch.equal(feats, nft_train.open_prompts(base, captions, 6, seed=0, device=torch.device("cpu")))
+    assert not torch.equal(feats, nft_train.open_prompts(base, captions, 6, seed=1, device=torch.device("cpu")))
+    with pytest.raises(ConfigError, match="open_share"):
+        tiny_nft(open_share=1.5)
+
+
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
     """With --conditioning_share=0.25, seed 0 draws the weight attacker at outer steps 0 and 2 and the
     conditioning attacker at 1 and 3: the resumed run needs the conditioning attacker's offset and Adam state
