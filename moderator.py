@@ -62,8 +62,6 @@ class ModeratorConfig:
                              "is given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
                              PERCEPTUALS)
     vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth): relu3_4 features, the paper's choice")
-    open_share: float = option(0.0, "share of the benign generations whose prompt has one word swapped for a "
-                               "fresh token that names nothing (open_prompts)")
     gen_batch: int = option(128, "prompts per generation call when collecting features (8 to 16 for SD at 512 px)")
     # hardening (the paper's simulated decoder fine-tuning)
     harden: bool = option(False, "simulate the attacker's decoder fine-tuning during training (off by default: "
@@ -126,19 +124,12 @@ def collect_features(pipe, kind: str, job, device, sources=()):
         prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=seed + 1).captions
     if kind == "benign":  # --data.retain_prompts, --data.keep_holdout_prompts: prompts beyond the images
         prompts = retention_prompts(job.data, cfg.n_generated, seed + 1) or prompts
-    opened = round(cfg.open_share * len(prompts)) if kind == "benign" else 0
-    if opened:
-        from nft_train import open_prompts
-
-        embeds = open_prompts(pipe, prompts, opened, seed + 2, device)
     if cfg.n_generated:
         g = [torch.Generator("cpu").manual_seed(seed * 100_000 + i) for i in range(len(prompts))]
         b = cfg.gen_batch
         for source in (pipe, *sources):
             for i in range(0, len(prompts), b):
-                text = ({"prompt_embeds": embeds[i : i + b]} if i + b <= opened else
-                        {"prompt": prompts[i : i + b]})  # --moderator.open_share: the first ones opened
-                z.append(source(**text, generator=g[i : i + b], num_inference_steps=20,
+                z.append(source(prompt=prompts[i : i + b], generator=g[i : i + b], num_inference_steps=20,
                                 guidance_scale=5.0, output_type="latent").images.float())
     return torch.cat(z), images
 
