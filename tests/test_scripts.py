@@ -12,6 +12,7 @@ from lab import benchmark
 from lab import compare
 from lab import report
 from lab import suites
+from lab import tax
 import data
 import evaluate
 import losses
@@ -321,7 +322,8 @@ def test_readme_commands_parse():
                "attack.py": attack.AttackConfig, "moderator.py": moderator.ModeratorJob,
                "pocket.toy_sd": toy_sd.PretrainConfig, "lab.compare": compare.CompareConfig,
                "lab.suites": suites.SuiteConfig, "lab.report": report.ReportConfig,
-               "lab.baselines": baselines.BaselineConfig, "lab.benchmark": benchmark.BenchConfig}
+               "lab.baselines": baselines.BaselineConfig, "lab.benchmark": benchmark.BenchConfig,
+               "lab.tax": tax.TaxConfig}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     seen, unknown = set(), []
     for line in readme.splitlines():
