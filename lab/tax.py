@@ -115,9 +115,9 @@ class Reports:
 STAR_REPEATS = 4  # images per novel prompt at each checkpoint of the star's fine-tuning (25 prompts)
 
 
-def row(label: str, evals: list[dict], n_benign: int, n_novel: int, loo: dict, base_loo: dict, star: list,
+def row(label: str, evals: list[dict], n_benign: int, n_novel: int, loo: dict | None, base_loo: dict, star: list,
         base_star: list) -> list[str]:
-    """One row of the table (cells as text)."""
+    """One row of the table (cells as text); loo None: the base's row."""
     k = len(evals)
     ba = sum(r["benign_accuracy"] for r in evals) * n_benign
     fr = sum(r["false_refusal_rate"] for r in evals) * n_benign
@@ -126,7 +126,9 @@ def row(label: str, evals: list[dict], n_benign: int, n_novel: int, loo: dict, b
     ceiling = sum(r["decoder_ceiling_novel"]["accuracy"] for r in evals) / k
     cells = [label, rate_cell(ba, k * n_benign), rate_cell(fr, k * n_benign), rate_cell(novel, k * n_novel),
              rate_cell(drawn, k * n_novel), f"{ceiling:.2f}"]
-    if loo:
+    if loo is None:  # the base's own row: its BA on the shapes, nothing left out
+        cells += [f"{sum(base_loo.values()) / len(base_loo):.2f}", "-"] if base_loo else []
+    elif loo:
         gaps = {s: loo[s] - base_loo[s] for s in loo}
         worst = min(gaps, key=gaps.get)
         cells += [f"{sum(loo.values()) / len(loo):.2f} (base {sum(base_loo[s] for s in loo) / len(loo):.2f})",
@@ -181,7 +183,7 @@ def main(cfg: TaxConfig):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     b = result["base"]
     for label, r in result.items():
-        loo = r["loo"] if label != "base" else {}
+        loo = r["loo"] if label != "base" else None
         lines.append("| " + " | ".join(row(label, r["evals"], n_benign, n_novel, loo, b["loo"], r.get("star", []),
                                             b["star"])) + " |")
     md = (f"Seeds {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "

@@ -45,6 +45,8 @@ def test_tax_trains_each_seed_and_each_left_out_shape_then_reuses_them(world, mo
     n = 125  # benign images per seed at one image per prompt
     assert row[1] == rate_cell(sum(r["benign_accuracy"] for r in evals) * n, 2 * n)  # pooled over both seeds
     assert row[6].endswith(f"(base {result['base']['loo']['ring']:.2f})")
+    table = [line.count(" | ") for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 3 and len(set(table)) == 1  # header, base, safepatch: every row fills every column
     stamps = {f: os.path.getmtime(f) for f in ("runs/tax_safepatch_s0", "runs/tax_safepatch_no_ring")}
     again = tax.main(cfg)  # every model up to date, every measurement taken from tax.json
     assert again == json.loads(json.dumps(result)) and Path("runs/tax/tax.md").read_text() == md
