@@ -672,7 +672,8 @@ def main(cfg: AttackConfig):
     else:
         rep, _, _ = evaluate_pipeline(attacked, evaluator, EvalConfig(unsafe_repeats=1, benign_repeats=1,
                                                                       steps=cfg.sample_steps))
-        res |= {"benign_accuracy_after": rep["benign_accuracy"], "unsafe_rate_after": rep["unsafe_rate"]}
+        res |= {"benign_accuracy_after": rep["benign_accuracy"], "unsafe_rate_after": rep["unsafe_rate"],
+                "n_after": {"unsafe": rep["n_unsafe"]["all"], "benign": rep["n_benign"]}}
     res |= {"model": cfg.model, "seconds": round(time.time() - t0, 1), "run": run_record(cfg)}
     _, train = parse_attack(cfg.attack)
     if cfg.save and train == "lora_unet":

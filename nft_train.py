@@ -373,6 +373,7 @@ def reproduce_table(base, pipe, cfg: NFTConfig, out: Path, times: dict, device, 
                                                                                  benign_repeats=1))
         res["benign_accuracy_after"] = after["benign_accuracy"]
         res["unsafe_rate_after"] = after["unsafe_rate"]
+        res["n_after"] = {"unsafe": after["n_unsafe"]["all"], "benign": after["n_benign"]}
         attacks[label] = res
     times["attack"] = time.time() - t0
     rep |= {"base": rep_base, "attack": attacks["defended"], "base_attack": attacks["base"],

@@ -116,26 +116,54 @@ STAR_REPEATS = 4  # images per novel prompt at each checkpoint of the star's fin
 
 
 def row(label: str, evals: list[dict], n_benign: int, n_novel: int, loo: dict | None, base_loo: dict, star: list,
-        base_star: list) -> list[str]:
-    """One row of the table (cells as text); loo None: the base's row."""
+        base_star: list, n_shape: int, n_star: int) -> list[str]:
+    """One row of the table (cells as text, rates with their 95% Wilson intervals); loo None: the base's row.
+    n_shape: benign images per shape (a left-out shape's BA), n_star: star images per fine-tuning checkpoint."""
     k = len(evals)
     ba = sum(r["benign_accuracy"] for r in evals) * n_benign
     fr = sum(r["false_refusal_rate"] for r in evals) * n_benign
     novel = sum(r["novel_refusal_rate"] for r in evals) * n_novel
     drawn = sum(n_novel - r["novel_reads"].get("black", 0) - r["novel_reads"].get("empty", 0) for r in evals)
-    ceiling = sum(r["decoder_ceiling_novel"]["accuracy"] for r in evals) / k
+    ceiling = [r["decoder_ceiling_novel"] for r in evals]
     cells = [label, rate_cell(ba, k * n_benign), rate_cell(fr, k * n_benign), rate_cell(novel, k * n_novel),
-             rate_cell(drawn, k * n_novel), f"{ceiling:.2f}"]
+             rate_cell(drawn, k * n_novel),
+             rate_cell(sum(c["accuracy"] * c["n"] for c in ceiling), sum(c["n"] for c in ceiling), 2)]
     if loo is None:  # the base's own row: its BA on the shapes, nothing left out
-        cells += [f"{sum(base_loo.values()) / len(base_loo):.2f}", "-"] if base_loo else []
+        cells += [rate_cell(sum(base_loo.values()) * n_shape, len(base_loo) * n_shape, 2), "-"] if base_loo else []
     elif loo:
         gaps = {s: loo[s] - base_loo[s] for s in loo}
         worst = min(gaps, key=gaps.get)
-        cells += [f"{sum(loo.values()) / len(loo):.2f} (base {sum(base_loo[s] for s in loo) / len(loo):.2f})",
-                  f"{worst} {loo[worst]:.2f} (base {base_loo[worst]:.2f})"]
+        cells += [f"{rate_cell(sum(loo.values()) * n_shape, len(loo) * n_shape, 2)} (base "
+                  f"{sum(base_loo[s] for s in loo) / len(loo):.2f})",
+                  f"{worst} {rate_cell(loo[worst] * n_shape, n_shape, 2)} (base {base_loo[worst]:.2f})"]
     if star:
-        cells += [f"{a:.2f} (base {b:.2f})" for (_, a), (_, b) in zip(star[1:], base_star[1:])]
+        cells += [f"{rate_cell(a * n_star, n_star, 2)} (base {b:.2f})" for (_, a), (_, b) in zip(star[1:], base_star[1:])]
     return cells
+
+
+def markdown(result: dict, cfg: TaxConfig) -> str:
+    """The table of a result (main's; lab/results.py rewrites RESULTS.md's from a recorded tax.json)."""
+    seeds = [int(s) for s in cfg.seeds.split(",") if s]
+    ecfg = EvalConfig(unsafe_repeats=cfg.unsafe_repeats, benign_repeats=cfg.benign_repeats)
+    items, novel = prompt_set(ecfg), prompt_set(ecfg, kinds=("novel",))
+    n_benign, n_novel = sum(it["kind"] == "benign" for it in items), len(novel)
+    n_shape, n_star = n_benign // len(data.BENIGN), len({it["prompt"] for it in novel}) * STAR_REPEATS
+    head = ["defence", f"BA ({len(seeds)} seeds, 95% interval)", "false refusals", "novel refusals (black)",
+            "star drawn as a shape", "decoder ceiling on the star"]
+    holdouts = [s for s in cfg.holdouts.split(",") if s]
+    if holdouts:
+        head += [f"left-out shape's BA, mean of {len(holdouts)}", "worst left-out shape"]
+    steps = [int(s) for s in cfg.finetune_steps.split(",") if s][1:]
+    head += [f"star fine-tuning, {n} steps" for n in steps]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    b = result["base"]
+    for label, r in result.items():
+        loo = r["loo"] if label != "base" else None
+        lines.append("| " + " | ".join(row(label, r["evals"], n_benign, n_novel, loo, b["loo"], r.get("star", []),
+                                            b["star"], n_shape, n_star)) + " |")
+    return (f"Seeds {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "
+            f"fine-tuning (Adam, lr {cfg.finetune_lr:g}, batch 16) at seed 0; the star's accuracy is on "
+            f"{n_star} images per checkpoint; rates with their 95% Wilson intervals, the seeds' images pooled.\n\n" + "\n".join(lines) + "\n")
 
 
 def main(cfg: TaxConfig):
@@ -151,8 +179,6 @@ def main(cfg: TaxConfig):
     reports = Reports(out / "tax.json")
     ecfg = {s: EvalConfig(seed=s, unsafe_repeats=cfg.unsafe_repeats, benign_repeats=cfg.benign_repeats,
                           steps=cfg.sample_steps) for s in seeds}
-    items, novel = prompt_set(ecfg[seeds[0]]), prompt_set(ecfg[seeds[0]], kinds=("novel",))
-    n_benign, n_novel = sum(it["kind"] == "benign" for it in items), len(novel)
     base = load_pipeline("runs/base", device)
     result = {"base": {"evals": [reports.evaluate(base, evaluator, ecfg[s]) for s in seeds]}}
     result["base"]["loo"] = {h: result["base"]["evals"][0]["benign_accuracy_by_object"][h] for h in holdouts}
@@ -174,21 +200,7 @@ def main(cfg: TaxConfig):
             res["loo"][h] = reports.evaluate(pipe, evaluator, ecfg[seeds[0]])["benign_accuracy_by_object"][h]
             res["folders"].append(folder)
         write_json(out / "tax.json", {"reports": reports.known, "result": result, "run": run_record(cfg)})
-    head = ["defence", f"BA ({len(seeds)} seeds, 95% interval)", "false refusals", "novel refusals (black)",
-            "star drawn as a shape", "decoder ceiling on the star"]
-    if holdouts:
-        head += [f"left-out shape's BA, mean of {len(holdouts)}", "worst left-out shape"]
-    steps = [int(s) for s in cfg.finetune_steps.split(",") if s][1:]
-    head += [f"star fine-tuning, {n} steps" for n in steps]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    b = result["base"]
-    for label, r in result.items():
-        loo = r["loo"] if label != "base" else None
-        lines.append("| " + " | ".join(row(label, r["evals"], n_benign, n_novel, loo, b["loo"], r.get("star", []),
-                                            b["star"])) + " |")
-    md = (f"Seeds {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "
-          f"fine-tuning (Adam, lr {cfg.finetune_lr:g}, batch 16) at seed 0; the star's accuracy is on "
-          f"{len({it['prompt'] for it in novel}) * STAR_REPEATS} images per checkpoint.\n\n" + "\n".join(lines) + "\n")
+    md = markdown(result, cfg)
     write_json(out / "tax.json", {"reports": reports.known, "result": result, "run": run_record(cfg),
                                   "seconds": round(time.time() - t0, 1)})
     with atomic(out / "tax.md") as tmp:

@@ -49,8 +49,7 @@ def test_a_suite_attacks_the_never_learned_model_on_its_unet_and_by_swaps(world,
     table = Path("runs/atk_nl/attacks.md").read_text().split("Steps to fUR 0.5, worst case")[1].split("\n\n")[1]
     cells = {r.split(" | ")[0][2:]: r.split(" | ") for r in table.splitlines()[2:]}
     assert list(cells) == [a for a in spec["attacks"]]
-    steps = report.steps_to(run["finetune_unet", NL]["curve_faithful"])
-    assert cells["finetune_unet"][3].split(" (")[0] == ("never reached" if steps is None else str(steps))
+    assert cells["finetune_unet"][3].split(" (")[0] == report.reached(run["finetune_unet", NL]["curve_faithful"])
     assert cells["finetune_decoder"][3] == cells["finetune_decoder"][6] == "-"  # never-learned; the ratio
     assert cells["heldout_prompts"][3] == "-" and cells["heldout_prompts"][4] == "-"
 
@@ -155,23 +154,25 @@ def test_ideal_table_counts_the_worst_run_against_the_never_learned_model():
         dict(run("finetune_unet", "defended", c(1, 1, 1, 1)), task="novel"),  # benign fine-tuning: left out
     ]
     lines = report.ideal_table(entries).splitlines()
-    assert lines[0].startswith("Steps to fUR 0.5, worst case over the grid") and "never reached" in lines[0]
+    assert lines[0].startswith("Steps to fUR 0.5, worst case over the grid") and "never by N" in lines[0]
     assert lines[2] == ("| attack | steps | defended | never-learned | scratch | base | defended / never-learned | "
                         "defended's worst run | BA after (defended) |")
     assert lines[4:] == [
-        "| finetune_unet | 100 | 50 (0.90) | 25 (0.90) | 50 (0.90) | 0 (1.00) | 2.00 | adam 0.001, seed 0 | 0.72 |",
-        "| lora_unet | 100 | never reached (0.40) | 50 (0.90) | - | - | >2.00 | adam 0.001, seed 0 | 0.80 |",
-        "| finetune_decoder | 100 | 50 (0.90) | - | 100 (0.60) | - | - | adam 0.001, seed 0 | 0.50 |",
-        "| swap_text_encoder+finetune_unet | 100 | 25 (1.00) | never reached (0.30) | - | - | <0.25 | adam 0.001 "
+        "| finetune_unet | 100 | (25, 50] (0.90) | (0, 25] (0.90) | (25, 50] (0.90) | 0 (1.00) | 2.00 | adam 0.001, seed 0 "
+        "| 0.72 |",
+        "| lora_unet | 100 | never by 100 (0.40) | (25, 50] (0.90) | - | - | >2.00 | adam 0.001, seed 0 | 0.80 |",
+        "| finetune_decoder | 100 | (25, 50] (0.90) | - | (50, 100] (0.60) | - | - | adam 0.001, seed 0 | 0.50 |",
+        "| swap_text_encoder+finetune_unet | 100 | (0, 25] (1.00) | never by 100 (0.30) | - | - | <0.25 | adam 0.001 "
         "warmup 10, seed 0 | 0.60 |",
-        "| swap_decoder+finetune_unet | 100 | never reached (0.10) | never reached (0.20) | - | - | neither reached | "
+        "| swap_decoder+finetune_unet | 100 | never by 100 (0.10) | never by 100 (0.20) | - | - | neither reached | "
         "adam 0.001, seed 0 | 0.90 |",
-        "| swap_decoder | 0 | 0 (0.70) | never reached (0.10) | - | - | 0.00 | no training | 0.85 |",
+        "| swap_decoder | 0 | 0 (0.70) | not at 0 (0.10) | - | - | 0.00 | no training | 0.85 |",
         "| swap_text_encoder | 0 | 0 (0.90) | 0 (0.60) | - | - | n/a | no training | - |"]
     # compare.py's labels: any defence against the ideal
     renamed = [dict(e, model="patronus") if e["model"] == "defended" else e for e in entries]
-    assert report.ideal_table(renamed, defended="patronus").splitlines()[4] == \
-        "| finetune_unet | 100 | 50 (0.90) | 25 (0.90) | 50 (0.90) | 0 (1.00) | 2.00 | adam 0.001, seed 0 | 0.72 |"
+    # with the images per point, the final rates carry their 95% Wilson intervals (0.90 of 50: [0.79, 0.96])
+    assert "| (25, 50] (0.90 [0.79, 0.96]) |" in report.ideal_table(entries, n=50).splitlines()[4]
+    assert report.ideal_table(renamed, defended="patronus").splitlines()[4] == lines[4]
 
 
 def test_the_ideal_suite_sweeps_schedules_and_reruns_the_strongest_setting_on_the_next_seeds(world, monkeypatch):

@@ -1,0 +1,314 @@
+"""results.py: RESULTS.md's tables, written from recorded runs; and the campaign that records them.
+
+A recorded run is a folder results/<name>/, kept under version control (runs/ is not): the small JSON files
+the run wrote (report.json, attacks.json and suite.json, tax.json without its cache, the training script's
+config record) and record.json: the command, the machine, the thread count, the wall time and the commit.
+
+A generated table sits in RESULTS.md between two marker lines, and nothing between them is written by hand:
+
+    <!-- table NAME: written by python -m lab.results from results/ -->
+    ...
+    <!-- end table -->
+
+    python -m lab.results                         rewrite every marked table of RESULTS.md from results/
+    python -m lab.results --check                 exit 1, naming the tables, when RESULTS.md differs from
+                                                  what results/ gives (tests/test_results.py runs it)
+    python -m lab.results --campaign=7.3,7.4      run those sections' commands whose runs have no record yet
+                                                  (--campaign=all: every section; --rerun: recorded ones
+                                                  too), record each, rewrite the tables; stop and resume at will
+    python -m lab.results --record=NAME           record RUNS' NAME from its run folder as it stands (a run
+                                                  made by hand, with its command); --note says how it ran
+
+Every rate in a generated table carries its 95% Wilson interval on the images behind it (0/50 only says
+the rate is below 0.07); a spread over seeds is labelled as one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from config import atomic, cli, option, write_json
+from lab.report import RECORDS, ideal_table, wilson
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One recorded run: what the campaign runs (from the repository root) and which of its files it keeps."""
+    name: str        # results/<name>/
+    section: str     # RESULTS.md's section that reads it
+    command: str
+    folder: str      # the run folder the command writes
+    files: tuple = ("report.json",)
+    commit: str = ""  # set: the code has left main; the campaign cannot run it, `git checkout <commit>` can
+
+
+RUNS = [
+    Run("open50_s0", "7.3", "python nft_train.py --open_share=0.5 --name=open50_s0", "runs/open50_s0"),
+    Run("open50m_s0", "7.3", "python nft_train.py --open_share=0.5 --moderator.open_share=0.5 --name=open50m_s0",
+        "runs/open50m_s0", commit="a2e982a"),
+    Run("open100_s0", "7.3", "python nft_train.py --open_share=1.0 --name=open100_s0", "runs/open100_s0"),
+    Run("tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
+    Run("quick_open100_s0", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
+        "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
+    Run("mod_plain", "7.6", "python moderator.py --name=mod_plain && python evaluate.py --model=runs/mod_plain",
+        "runs/mod_plain"),
+    Run("mod_noise", "7.6", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
+        "python evaluate.py --model=runs/mod_noise", "runs/mod_noise"),
+]
+BY_NAME = {r.name: r for r in RUNS}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cells and tables
+def rate(v: float | None, n: int | None, digits: int = 3) -> str:
+    """'0.956 [0.93, 0.97]': a rate of n images with its 95% Wilson interval ('-' when there is none)."""
+    if v is None:
+        return "-"
+    if not n:
+        return f"{v:.{digits}f}"
+    lo, hi = wilson(v * n, n)
+    return f"{v:.{digits}f} [{lo:.2f}, {hi:.2f}]"
+
+
+def counts(rep: dict) -> dict:
+    """The images behind each rate of an evaluate.py report: its own counts, or for a report written before
+    they were recorded, the default evaluation's (4 images per unsafe prompt, 2 per benign, 2 per star)."""
+    if "n_benign" in rep:
+        return {"defense": rep["n_unsafe"]["defense"], "heldout": rep["n_unsafe"]["heldout"],
+                "benign": rep["n_benign"], "novel": rep.get("n_novel")}
+    if rep.get("n_images") != 450:
+        raise ValueError(f"a report of {rep.get('n_images')} images without its counts: re-run its evaluation")
+    return {"defense": 120, "heldout": 80, "benign": 250, "novel": 50}
+
+
+def evaluation_table(reports: dict[str, dict]) -> str:
+    """One row per evaluate.py / nft_train.py report ({label: report}); nft_train.py's add the public-decoder
+    and after-attack columns."""
+    head = ["model", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "UR, public decoder",
+            "UR after attack", "BA after attack", "MSE to base", "FD to base"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in reports.items():
+        n, ur, swap, att = counts(r), r["unsafe_rate"], r.get("swap_decoder"), r.get("attack")
+        after = (att or {}).get("n_after", {"unsafe": 50, "benign": 125})  # the after-attack evaluation's images
+        fid = r.get("fidelity", {})
+        cells = [label, rate(ur["defense"], n["defense"]), rate(ur["heldout"], n["heldout"]),
+                 rate(r["benign_accuracy"], n["benign"]), rate(r["false_refusal_rate"], n["benign"]),
+                 rate(r.get("novel_refusal_rate"), n["novel"]),
+                 rate(swap["unsafe_rate"]["all"], swap["n_images"]) if swap else "-",
+                 rate(att["unsafe_rate_after"]["all"], after["unsafe"]) if att else "-",
+                 rate(att["benign_accuracy_after"], after["benign"]) if att else "-",
+                 f"{fid['mse_to_base']:.4f}" if fid else "-", f"{fid['fd_to_base']:.2f}" if fid else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def moderator_table(reports: dict[str, dict]) -> str:
+    """The decoder moderator alone: refusals, benign side and the decoder's ceiling on the star."""
+    head = ["moderator", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
+            "decoder ceiling on the star (MSE)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in reports.items():
+        n, c = counts(r), r["decoder_ceiling_novel"]
+        lines.append("| " + " | ".join([label, rate(r["unsafe_rate"]["defense"], n["defense"]),
+                                        rate(r["unsafe_rate"]["heldout"], n["heldout"]),
+                                        rate(r["benign_accuracy"], n["benign"]),
+                                        rate(r["false_refusal_rate"], n["benign"]),
+                                        rate(r["novel_refusal_rate"], n["novel"]),
+                                        f"{rate(c['accuracy'], c['n'])} ({c['mse']:.4f})"]) + " |")
+    return "\n".join(lines)
+
+
+def suite_table(attacks: list[dict], suite: dict) -> str:
+    """A suite's steps to fUR 0.5 against the never-learned model (report.ideal_table), with intervals."""
+    return ideal_table(attacks, n=50 * suite["spec"]["eval_repeats"])
+
+
+def tax_table(tax: dict) -> str:
+    from lab.tax import TaxConfig, markdown
+    fields = {f.name for f in dataclasses.fields(TaxConfig)}
+    return markdown(tax["result"], TaxConfig(**{k: v for k, v in tax["run"]["config"].items() if k in fields}))
+
+
+# name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
+TABLES = {
+    "open-prompts": (["open50_s0", "open50m_s0", "open100_s0"],
+                     lambda R: evaluation_table({k: v["report.json"] for k, v in R.items()})),
+    "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
+    "quick-open100": (["quick_open100_s0"], lambda R: suite_table(R["quick_open100_s0"]["attacks.json"],
+                                                                   R["quick_open100_s0"]["suite.json"])),
+    "cal-noise": (["mod_plain", "mod_noise"], lambda R: moderator_table({k: v["report.json"] for k, v in R.items()})),
+}
+
+
+def provenance(records: dict) -> str:
+    """One line per record under a table: its command, machine, threads, wall time and commit."""
+    lines = []
+    for name, r in records.items():
+        rec = r["record"]
+        wall = f", {rec['seconds']:.0f} s" if rec.get("seconds") is not None else ""
+        note = f"; {rec['note']}" if rec.get("note") else ""
+        at = f" (code at commit {rec['code_commit']})" if rec.get("code_commit") else ""
+        lines.append(f"- `{name}`: `{rec['command']}`{at}; {rec['machine']}, {rec['threads']} thread"
+                     f"{'s' if rec['threads'] != 1 else ''}{wall}; recorded {rec['recorded']} at {rec['commit']}{note}")
+    return "Recorded runs (`results/`):\n" + "\n".join(lines)
+
+
+def load(name: str, results: Path = RESULTS_DIR) -> dict:
+    folder = results / name
+    if not (folder / "record.json").is_file():
+        raise FileNotFoundError(f"{folder}/record.json is missing: `python -m lab.results --campaign="
+                                f"{BY_NAME[name].section}` records it" if name in BY_NAME else f"{folder} is missing")
+    return {p.name: json.loads(p.read_text()) for p in folder.glob("*.json") if p.name != "record.json"} | {
+        "record": json.loads((folder / "record.json").read_text())}
+
+
+def render(name: str, results: Path = RESULTS_DIR) -> str:
+    names, make = TABLES[name]
+    records = {n: load(n, results) for n in names}
+    return make(records).rstrip() + "\n\n" + provenance(records)
+
+
+BLOCK = re.compile(r"(<!-- table (?P<name>[\w-]+): written by python -m lab\.results from results/ -->\n)(.*?)"
+                   r"(<!-- end table -->)", re.S)
+
+
+def rewrite(text: str, results: Path = RESULTS_DIR) -> tuple[str, list[str]]:
+    """text with every marked table written anew; and the names of the tables that changed."""
+    changed = []
+
+    def one(m):
+        if m["name"] not in TABLES:
+            raise KeyError(f"RESULTS.md marks a table {m['name']!r} that lab/results.py does not know "
+                           f"({', '.join(TABLES)})")
+        new = render(m["name"], results) + "\n"
+        if new != m[3]:
+            changed.append(m["name"])
+        return m[1] + new + m[4]
+    return BLOCK.sub(one, text), changed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# recording runs
+def machine() -> str:
+    """The machine in words: CPU model, instruction set (float rounding differs between AVX2 and AVX-512), GPU."""
+    import torch
+    cpu, flags = platform.processor() or platform.machine(), ""
+    if Path("/proc/cpuinfo").is_file():
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {cpu} ({isa}), {gpu}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record(run: Run, seconds: float | None = None, note: str = "", threads: int | None = None,
+           where: str = "", results: Path = RESULTS_DIR) -> Path:
+    """Copy run's files from its folder into results/<name>/ with its record.json (atomically, as a folder)."""
+    src = ROOT / run.folder
+    files = [*run.files, *(f for f in RECORDS if (src / f).is_file())]
+    missing = [f for f in run.files if not (src / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{src}/{missing[0]} is missing: run `{run.command}` first")
+    if threads is None:  # the run's own record of its torch threads (run_record), else this process's
+        for f in files:
+            got = json.loads((src / f).read_text())
+            got = got.get("run", got) if isinstance(got, dict) else {}
+            threads = threads or got.get("hardware", {}).get("torch_threads")
+        threads = threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
+    with atomic(results / run.name) as tmp:
+        tmp.mkdir()
+        for f in files:
+            got = json.loads((src / f).read_text())
+            if f == "tax.json":
+                got.pop("reports", None)  # the evaluation cache: every number the table reads is in "result"
+            write_json(tmp / f, got)
+        write_json(tmp / "record.json", {
+            "command": run.command, "section": run.section, "machine": where or machine(), "threads": threads,
+            "seconds": seconds, "recorded": datetime.date.today().isoformat(), "commit": git_commit(),
+            "code_commit": run.commit, "note": note})
+    return results / run.name
+
+
+def campaign(sections: list[str], rerun: bool) -> None:
+    """Run every selected run that has no record (all with rerun), record it, then rewrite RESULTS.md."""
+    todo = [r for r in RUNS if "all" in sections or r.section in sections]
+    if not todo:
+        raise SystemExit(f"no recorded run in section(s) {', '.join(sections)}; sections: "
+                         f"{', '.join(dict.fromkeys(r.section for r in RUNS))}")
+    for run in todo:
+        have = RESULTS_DIR / run.name / "record.json"
+        if have.is_file() and not rerun:
+            print(f"{run.name}: recorded ({have}), skipped")
+            continue
+        if run.commit:
+            print(f"{run.name}: its code is at commit {run.commit}, not on this branch: `git checkout {run.commit}` "
+                  f"and `{run.command}`, then `python -m lab.results --record={run.name}`; skipped")
+            continue
+        print(f"{run.name} (section {run.section}): {run.command}", flush=True)
+        t0 = time.time()
+        subprocess.run(run.command, shell=True, cwd=ROOT, check=True)
+        record(run, seconds=round(time.time() - t0, 1), threads=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
+    write_results()
+
+
+def write_results() -> None:
+    text, changed = rewrite(RESULTS_MD.read_text())
+    with atomic(RESULTS_MD) as tmp:
+        tmp.write_text(text)
+    print(f"RESULTS.md: {len(changed)} table(s) rewritten{': ' + ', '.join(changed) if changed else ''}")
+
+
+@dataclasses.dataclass
+class ResultsConfig:
+    check: bool = option(False, "exit 1 when RESULTS.md's tables differ from what results/ gives; write nothing")
+    campaign: str = option("", "sections to re-run and record (comma-separated, e.g. 7.3,7.4; all: every one)")
+    rerun: bool = option(False, "with --campaign: run recorded runs again too")
+    record: str = option("", "record the named run (lab/results.py's RUNS) from its run folder as it stands")
+    note: str = option("", "with --record: how the run ran (threads, other jobs beside it), kept in its record")
+    seconds: float = option(0.0, "with --record: the run's wall time in seconds, when known")
+    machine: str = option("", "with --record: the machine the run ran on, when not this one (as lab.results "
+                          "words it: '2-core AMD EPYC (AVX2), no GPU')")
+
+
+def main(cfg: ResultsConfig):
+    """RESULTS.md's tables from results/ (rewrite, --check), or re-run and record runs (--campaign, --record)."""
+    if cfg.check:
+        _, changed = rewrite(RESULTS_MD.read_text())
+        if changed:
+            print(f"RESULTS.md differs from results/ in: {', '.join(changed)}; `python -m lab.results` rewrites them")
+            sys.exit(1)
+        print(f"RESULTS.md: every marked table ({len(BLOCK.findall(RESULTS_MD.read_text()))}) is what results/ gives")
+        return
+    if cfg.record:
+        if cfg.record not in BY_NAME:
+            raise SystemExit(f"--record: unknown run {cfg.record!r}; known: {', '.join(BY_NAME)}")
+        got = record(BY_NAME[cfg.record], seconds=cfg.seconds or None, note=cfg.note, where=cfg.machine)
+        print(f"wrote {got}; `python -m lab.results` rewrites the tables")
+    elif cfg.campaign:
+        campaign(cfg.campaign.split(","), cfg.rerun)
+    else:
+        write_results()
+
+
+if __name__ == "__main__":
+    cli(ResultsConfig, main)
