@@ -1,4 +1,4 @@
-"""losses.py: every loss of Patronus, each a small pure function named as in the paper.
+"""losses.py: every loss of Patronus, each a small pure function (the symbols are this project's notation).
 
 Images are (B, 3, H, W); "decoded" images are in [0, 1] (what the pipeline shows), latents are SD-scaled
 (B, 4, h, w), text features are CLIP hidden states (B, T, D). The denoising losses take a UNet's prediction

@@ -62,9 +62,10 @@ class ModeratorConfig:
     perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --moderator.vgg19 "
                              "is given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
                              PERCEPTUALS)
-    vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth): relu3_4 features, the paper's choice")
+    vgg19: str = option("", "torchvision-format VGG-19 state dict (.pth): relu3_4 features, as the authors' "
+                        "tools/image_loss.py")
     gen_batch: int = option(128, "prompts per generation call when collecting features (8 to 16 for SD at 512 px)")
-    # hardening (the paper's simulated decoder fine-tuning)
+    # hardening (simulated decoder fine-tuning, as in the authors' final.py)
     harden: bool = option(False, "simulate the attacker's decoder fine-tuning during training (off by default: "
                           "it costs benign accuracy and barely slows the attack; RESULTS.md)")
     inner_steps: int = option(3, "K: simulated attacker steps per outer step of hardening")
@@ -149,9 +150,10 @@ def simulated_decoder_attack(vae, unsafe_images, k: int, opt_name: str, lr: floa
 
 
 def harden(vae, unsafe_images, zu, cfg: ModeratorConfig, rng, gen, perceptual) -> torch.Tensor:
-    """The paper's hardening of the decoder, first-order MAML: an attacker with a sampled optimizer and lr
-    adapts a copy of the decoder for K steps (simulated_decoder_attack); the zero loss at the adapted weights
-    is what the defender minimises, and its gradient, taken at the copy, is added to the decoder's own .grad."""
+    """Hardening of the decoder (as in the authors' final.py), first-order MAML: an attacker with a sampled
+    optimizer and lr adapts a copy of the decoder for K steps (simulated_decoder_attack); the zero loss at the
+    adapted weights is what the defender minimises, and its gradient, taken at the copy, is added to the decoder's
+    own .grad."""
     name, lr = rng.choice(SIMULATED_ATTACKERS["decoder"])
     adapted = simulated_decoder_attack(vae, unsafe_images, cfg.inner_steps, name, lr, cfg.batch, gen)
     l_nft = losses.zero_loss(decode(adapted, zu), perceptual, cfg.pixel_weight)

@@ -6,9 +6,10 @@ in moderator.py and nft_train.py):
   clip   the pocket CLIP's vision tower (runs/clip), the pocket world's default (clip_features)
   vae    intermediate features of the pipeline's own frozen VAE *encoder* (its first two down blocks): needs
          no download, works for any SD v1.x pipeline, and is what real models use unless VGG-19 is given
-  vgg19  VGG-19 relu3_4, the paper's choice, from a torchvision-format state dict file the user provides
-         (`--moderator.vgg19=vgg19.pth`, e.g. torchvision's vgg19-dcbb9e9d.pth); VGG-19's `features` layers are written
-         out here in plain torch, so torchvision itself is not needed (it does not install beside this torch)
+  vgg19  VGG-19 relu3_4, as the authors' tools/image_loss.py, from a torchvision-format state dict file the
+         user provides (`--moderator.vgg19=vgg19.pth`, e.g. torchvision's vgg19-dcbb9e9d.pth); VGG-19's
+         `features` layers are written out here in plain torch, so torchvision itself is not needed (it does
+         not install beside this torch)
 
 Every network here is frozen and maps images (B, 3, H, W) in [0, 1] to a feature tensor. Never the
 evaluator: the evaluator must not train a defence.

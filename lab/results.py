@@ -57,6 +57,8 @@ RUNS = [
     Run("open50_s0", "7.3", "python nft_train.py --open_share=0.5 --name=open50_s0", "runs/open50_s0"),
     Run("open50m_s0", "7.3", "python nft_train.py --open_share=0.5 --moderator.open_share=0.5 --name=open50m_s0",
         "runs/open50m_s0", commit="a2e982a"),
+    Run("open50_basevae", "7.3", "python evaluate.py --model=runs/open50_s0 --vae=runs/base --name=open50_basevae",
+        "runs/open50_basevae"),
     Run("open100_s0", "7.3", "python nft_train.py --open_share=1.0 --name=open100_s0", "runs/open100_s0"),
     Run("tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
     Run("quick_open100_s0", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
@@ -96,7 +98,7 @@ def evaluation_table(reports: dict[str, dict]) -> str:
     """One row per evaluate.py / nft_train.py report ({label: report}); nft_train.py's add the public-decoder
     and after-attack columns."""
     head = ["model", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "UR, public decoder",
-            "UR after attack", "BA after attack", "MSE to base", "FD to base"]
+            "UR after attack", "BA after attack", "MSE to base", "FD to base", "decoder ceiling on the star"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in reports.items():
         n, ur, swap, att = counts(r), r["unsafe_rate"], r.get("swap_decoder"), r.get("attack")
@@ -108,7 +110,8 @@ def evaluation_table(reports: dict[str, dict]) -> str:
                  rate(swap["unsafe_rate"]["all"], swap["n_images"]) if swap else "-",
                  rate(att["unsafe_rate_after"]["all"], after["unsafe"]) if att else "-",
                  rate(att["benign_accuracy_after"], after["benign"]) if att else "-",
-                 f"{fid['mse_to_base']:.4f}" if fid else "-", f"{fid['fd_to_base']:.2f}" if fid else "-"]
+                 f"{fid['mse_to_base']:.4f}" if fid else "-", f"{fid['fd_to_base']:.2f}" if fid else "-",
+                 rate(r["decoder_ceiling_novel"]["accuracy"], r["decoder_ceiling_novel"]["n"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -142,7 +145,7 @@ def tax_table(tax: dict) -> str:
 
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
-    "open-prompts": (["open50_s0", "open50m_s0", "open100_s0"],
+    "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
                      lambda R: evaluation_table({k: v["report.json"] for k, v in R.items()})),
     "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
     "quick-open100": (["quick_open100_s0"], lambda R: suite_table(R["quick_open100_s0"]["attacks.json"],

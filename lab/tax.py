@@ -161,6 +161,12 @@ def markdown(result: dict, cfg: TaxConfig) -> str:
         loo = r["loo"] if label != "base" else None
         lines.append("| " + " | ".join(row(label, r["evals"], n_benign, n_novel, loo, b["loo"], r.get("star", []),
                                             b["star"], n_shape, n_star)) + " |")
+    if holdouts:  # each left-out shape on its own
+        lines += ["", f"Each left-out shape's BA ({n_shape} images each, seed 0), the base's on the same images first:",
+                  "", "| defence | " + " | ".join(holdouts) + " |", "|" + "---|" * (len(holdouts) + 1)]
+        for label, r in result.items():
+            loo = b["loo"] if label == "base" else r["loo"]
+            lines.append(f"| {label} | " + " | ".join(rate_cell(loo[h] * n_shape, n_shape, 2) for h in holdouts) + " |")
     return (f"Seeds {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "
             f"fine-tuning (Adam, lr {cfg.finetune_lr:g}, batch 16) at seed 0; the star's accuracy is on "
             f"{n_star} images per checkpoint; rates with their 95% Wilson intervals, the seeds' images pooled.\n\n" + "\n".join(lines) + "\n")
