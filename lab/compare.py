@@ -43,7 +43,7 @@ from attack import REMOVALS
 from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, prompt_set
 from lab import baselines
 from lab.baselines import BaselineConfig
-from lab.report import plot_curves, recorded_config
+from lab.report import image_counts, plot_curves, recorded_config
 from lab.suites import NEVER_LEARNED, SUITES, SuiteConfig, attack_grid, load_never_learned, never_learned_folder
 from moderator import ModeratorJob
 from nft_train import NFTConfig
@@ -120,21 +120,27 @@ def ensure(folder: str, cfg, rebuild: bool, device: str) -> dict:
     return {"built": True, "why": why, "seconds": round(time.time() - t0, 1)}
 
 
-def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str) -> str:
+def table(rows: dict, best: list[dict], attacks: list[str], key: str, name: str, rate=None,
+          n_attack: int = 50) -> str:
     """Markdown: one row per defence, its evaluation, then `name` after each attack (last step, best lr), on the
-    suite's first seed (a suite with more seeds runs them too: its own tables show them)."""
+    suite's first seed (a suite with more seeds runs them too: its own tables show them). rate(value, n, digits):
+    a rate of n images as text (lab/results.py's adds its interval); by default the value alone. n_attack: the
+    images behind each point of an attack's curve."""
+    rate = rate or (lambda v, n, digits=3: f"{v:.{digits}f}")
     first = min((e["seed"] for e in best), default=0)
-    after = {(e["model"], e["attack"]): e[key][-1][1] for e in best if e["seed"] == first}
+    after = {(e["model"], e["attack"]): e for e in best if e["seed"] == first}
     head = ["defence", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "MSE to base",
             "FD to base"]
     lines = ["| " + " | ".join(head + [f"{name} {a}" for a in attacks]) + " |", "|" + "---|" * (len(head) + len(attacks))]
     for model in [*rows, "scratch"]:  # the defences, the never-learned reference, then scratch
         r = rows.get(model)
+        n = image_counts(r) if r else None
         cells = [model] + (["-"] * (len(head) - 1) if r is None else [
-            f"{r['unsafe_rate']['defense']:.3f}", f"{r['unsafe_rate']['heldout']:.3f}", f"{r['benign_accuracy']:.3f}",
-            f"{r['false_refusal_rate']:.3f}", f"{r['novel_refusal_rate']:.3f}", f"{r['fidelity']['mse_to_base']:.4f}",
+            rate(r["unsafe_rate"]["defense"], n["defense"]), rate(r["unsafe_rate"]["heldout"], n["heldout"]),
+            rate(r["benign_accuracy"], n["benign"]), rate(r["false_refusal_rate"], n["benign"]),
+            rate(r["novel_refusal_rate"], n["novel"]), f"{r['fidelity']['mse_to_base']:.4f}",
             f"{r['fidelity']['fd_to_base']:.2f}"])
-        cells += [f"{after[model, a]:.2f}" if (model, a) in after else "-" for a in attacks]
+        cells += [rate(after[model, a][key][-1][1], n_attack, 2) if (model, a) in after else "-" for a in attacks]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -185,11 +191,12 @@ def main(cfg: CompareConfig):
     best = [e for e in entries if e["best"]]
     seconds = {"training": round(t_built - t_start, 1), "evaluation": round(t_eval - t_built, 1),
                "attacks": round(time.time() - t_eval, 1)}
+    n = 50 * spec["eval_repeats"]  # images per point of an attack's curve
     grid = "the strongest (optimizer, lr) of its grid" + (f" (optimizers {cfg.optimizers or 'all'}, lrs "
                                                           f"{cfg.lrs or 'all'})" if cfg.optimizers or cfg.lrs else "")
     md = (f"Faithful unsafe rate after each attack ({cfg.suite} suite: {spec['steps']} steps, {grid}, seed "
-          f"{cfg.seed}); the evaluation columns are without attack:\n\n{table(rows, best, attacks, 'curve_faithful', 'fUR')}\n\n"
-          f"Plain unsafe rate after each attack, same runs:\n\n{table(rows, best, attacks, 'curve', 'UR')}\n")
+          f"{cfg.seed}); the evaluation columns are without attack:\n\n{table(rows, best, attacks, 'curve_faithful', 'fUR', n_attack=n)}\n\n"
+          f"Plain unsafe rate after each attack, same runs:\n\n{table(rows, best, attacks, 'curve', 'UR', n_attack=n)}\n")
     write_json(out / "compare.json", {"defences": {n: {"folder": built[n][0], **built[n][1], "report": rows[n]}
                                                    for n in names},
                                       "references": {NEVER_LEARNED: {"folder": str(never_learned_folder("runs/base")),

@@ -52,6 +52,17 @@ def rate_cell(k: float, n: int, digits: int = 3) -> str:
     return f"{round(k) / n:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def image_counts(rep: dict) -> dict:
+    """The images behind each rate of an evaluate.py report: its own counts, or for a report written before
+    they were recorded, the default evaluation's (4 images per unsafe prompt, 2 per benign, 2 per star)."""
+    if "n_benign" in rep:
+        return {"defense": rep["n_unsafe"]["defense"], "heldout": rep["n_unsafe"]["heldout"],
+                "benign": rep["n_benign"], "novel": rep.get("n_novel")}
+    if rep.get("n_images") != 450:
+        raise ValueError(f"a report of {rep.get('n_images')} images without its counts: re-run its evaluation")
+    return {"defense": 120, "heldout": 80, "benign": 250, "novel": 50}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # evaluation reports (evaluate.py): one row per model
 def _one_job(folders: list[str]) -> bool:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from config import atomic, cli, option, write_json
-from lab.report import RECORDS, ideal_table, wilson
+from lab.report import RECORDS, ideal_table, image_counts, wilson
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
@@ -54,6 +54,10 @@ class Run:
 
 
 RUNS = [
+    Run("safepatch", "3.6", "python -m lab.baselines --baseline=safepatch && python evaluate.py --model=runs/safepatch",
+        "runs/safepatch"),
+    Run("compare_safepatch", "3.6", "python -m lab.compare --defences=safepatch --name=compare_safepatch",
+        "runs/compare_safepatch", ("compare.json", "attacks.json")),
     Run("open50_s0", "7.3", "python nft_train.py --open_share=0.5 --name=open50_s0", "runs/open50_s0"),
     Run("open50m_s0", "7.3", "python nft_train.py --open_share=0.5 --moderator.open_share=0.5 --name=open50m_s0",
         "runs/open50m_s0", commit="a2e982a"),
@@ -83,17 +87,6 @@ def rate(v: float | None, n: int | None, digits: int = 3) -> str:
     return f"{v:.{digits}f} [{lo:.2f}, {hi:.2f}]"
 
 
-def counts(rep: dict) -> dict:
-    """The images behind each rate of an evaluate.py report: its own counts, or for a report written before
-    they were recorded, the default evaluation's (4 images per unsafe prompt, 2 per benign, 2 per star)."""
-    if "n_benign" in rep:
-        return {"defense": rep["n_unsafe"]["defense"], "heldout": rep["n_unsafe"]["heldout"],
-                "benign": rep["n_benign"], "novel": rep.get("n_novel")}
-    if rep.get("n_images") != 450:
-        raise ValueError(f"a report of {rep.get('n_images')} images without its counts: re-run its evaluation")
-    return {"defense": 120, "heldout": 80, "benign": 250, "novel": 50}
-
-
 def evaluation_table(reports: dict[str, dict]) -> str:
     """One row per evaluate.py / nft_train.py report ({label: report}); nft_train.py's add the public-decoder
     and after-attack columns."""
@@ -101,7 +94,7 @@ def evaluation_table(reports: dict[str, dict]) -> str:
             "UR after attack", "BA after attack", "MSE to base", "FD to base", "decoder ceiling on the star"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in reports.items():
-        n, ur, swap, att = counts(r), r["unsafe_rate"], r.get("swap_decoder"), r.get("attack")
+        n, ur, swap, att = image_counts(r), r["unsafe_rate"], r.get("swap_decoder"), r.get("attack")
         after = (att or {}).get("n_after", {"unsafe": 50, "benign": 125})  # the after-attack evaluation's images
         fid = r.get("fidelity", {})
         cells = [label, rate(ur["defense"], n["defense"]), rate(ur["heldout"], n["heldout"]),
@@ -122,7 +115,7 @@ def moderator_table(reports: dict[str, dict]) -> str:
             "decoder ceiling on the star (MSE)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in reports.items():
-        n, c = counts(r), r["decoder_ceiling_novel"]
+        n, c = image_counts(r), r["decoder_ceiling_novel"]
         lines.append("| " + " | ".join([label, rate(r["unsafe_rate"]["defense"], n["defense"]),
                                         rate(r["unsafe_rate"]["heldout"], n["heldout"]),
                                         rate(r["benign_accuracy"], n["benign"]),
@@ -130,6 +123,15 @@ def moderator_table(reports: dict[str, dict]) -> str:
                                         rate(r["novel_refusal_rate"], n["novel"]),
                                         f"{rate(c['accuracy'], c['n'])} ({c['mse']:.4f})"]) + " |")
     return "\n".join(lines)
+
+
+def compare_table(compare: dict, attacks: list[dict]) -> str:
+    """compare.py's table (faithful UR after each attack), every rate with its interval."""
+    from lab.compare import table
+    from lab.suites import SUITES
+    rows = {n: d["report"] for n, d in (compare["defences"] | compare["references"]).items()}
+    return table(rows, [e for e in attacks if e["best"]], compare["attacks"], "curve_faithful", "fUR", rate,
+                 50 * SUITES[compare["suite"]]["eval_repeats"])
 
 
 def suite_table(attacks: list[dict], suite: dict) -> str:
@@ -150,6 +152,9 @@ TABLES = {
     "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
     "quick-open100": (["quick_open100_s0"], lambda R: suite_table(R["quick_open100_s0"]["attacks.json"],
                                                                    R["quick_open100_s0"]["suite.json"])),
+    "safepatch": (["safepatch"], lambda R: evaluation_table({"safepatch": R["safepatch"]["report.json"]})),
+    "compare-safepatch": (["compare_safepatch"], lambda R: compare_table(R["compare_safepatch"]["compare.json"],
+                                                                         R["compare_safepatch"]["attacks.json"])),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: moderator_table({k: v["report.json"] for k, v in R.items()})),
 }
 

@@ -26,7 +26,7 @@ def test_rates_carry_wilson_intervals():
     assert results.rate(0.5, 50) == "0.500 [0.37, 0.63]"
     assert results.rate(None, 50) == "-"
     with pytest.raises(ValueError, match="without its counts"):
-        results.counts({"n_images": 300, "unsafe_rate": {}})
+        results.image_counts({"n_images": 300, "unsafe_rate": {}})
 
 
 def test_a_table_edited_by_hand_is_caught_and_rewritten(tmp_path, monkeypatch):
