@@ -16,6 +16,7 @@ A generated table sits in RESULTS.md between two marker lines, and nothing betwe
     python -m lab.results --campaign=7.3,7.4      run those sections' commands whose runs have no record yet
                                                   (--campaign=all: every section; --rerun: recorded ones
                                                   too), record each, rewrite the tables; stop and resume at will
+    python -m lab.results --plan                  list the campaign: sections, runs, recorded wall times
     python -m lab.results --record=NAME           record RUNS' NAME from its run folder as it stands (a run
                                                   made by hand, with its command); --note says how it ran
 
@@ -279,6 +280,25 @@ def campaign(sections: list[str], rerun: bool) -> None:
     write_results()
 
 
+def plan() -> str:
+    """The campaign, section by section: each run, whether it is recorded, its recorded wall time and threads."""
+    lines, total = [], 0.0
+    for section in dict.fromkeys(r.section for r in RUNS):
+        runs = [r for r in RUNS if r.section == section]
+        recs = {r.name: json.loads(p.read_text()) for r in runs if (p := RESULTS_DIR / r.name / "record.json").is_file()}
+        secs = sum(rec.get("seconds") or 0 for rec in recs.values())
+        total += secs
+        lines.append(f"section {section}: {len(recs)} of {len(runs)} runs recorded, {secs / 60:.0f} min recorded")
+        for r in runs:
+            rec = recs.get(r.name)
+            when = "not recorded" if rec is None else (
+                f"{rec['seconds'] / 60:.1f} min" if rec.get("seconds") else "time not recorded") + (
+                f", {rec['threads']} thread(s), {rec['machine']}" if rec else "")
+            lines.append(f"  {r.name}: {r.command}" + (f" (at commit {r.commit})" if r.commit else "") + f"  [{when}]")
+    return "\n".join(lines + [f"total recorded wall time: {total / 60:.0f} min (runs without a recorded time "
+                                 f"not counted)"])
+
+
 def write_results() -> None:
     text, changed = rewrite(RESULTS_MD.read_text())
     with atomic(RESULTS_MD) as tmp:
@@ -289,6 +309,7 @@ def write_results() -> None:
 @dataclasses.dataclass
 class ResultsConfig:
     check: bool = option(False, "exit 1 when RESULTS.md's tables differ from what results/ gives; write nothing")
+    plan: bool = option(False, "list the campaign's sections and runs, recorded or not, with their wall times")
     campaign: str = option("", "sections to re-run and record (comma-separated, e.g. 7.3,7.4; all: every one)")
     rerun: bool = option(False, "with --campaign: run recorded runs again too")
     record: str = option("", "record the named run (lab/results.py's RUNS) from its run folder as it stands")
@@ -300,6 +321,9 @@ class ResultsConfig:
 
 def main(cfg: ResultsConfig):
     """RESULTS.md's tables from results/ (rewrite, --check), or re-run and record runs (--campaign, --record)."""
+    if cfg.plan:
+        print(plan())
+        return
     if cfg.check:
         _, changed = rewrite(RESULTS_MD.read_text())
         if changed:
