@@ -70,8 +70,6 @@ class NFTConfig(RunConfig):
     open_share: float = option(1.0, "share of distillation's prompts that are benign captions with one word swapped "
                                "for a fresh token, an embedding that names nothing (open_prompts; 0: the "
                                "benign captions themselves)")
-    feature_noise: float = option(0.0, "Gaussian noise added to distillation's text features, in units of their "
-                                  "std: the UNet keeps the base's behaviour around benign prompts too (0: off)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (after an interruption or with more --steps)")
@@ -243,7 +241,6 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             c_open = open_prompts(base, captions, cfg.n_images, cfg.seed + 2, device)
         # the empty prompt's features, (B, T, D): the unconditional half of classifier-free guidance
         c_empty = encode_text(base.text_encoder, base.tokenizer, [""], device).expand(cfg.batch, -1, -1)
-    c_scale = c_b.std()  # the spread of benign text features (--feature_noise's unit)
     z_black = black_latent(base)  # the target of the black loss, (1, 4, 8, 8) in the pocket world
     if device.type == "cuda":  # the peak memory of the min-max loop goes into nft_config.json
         torch.cuda.reset_peak_memory_stats(device)
@@ -266,8 +263,6 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             if c_open is not None:  # a share of them: captions with a word that names nothing (--open_share)
                 swap = (torch.rand(cfg.batch, generator=g) < cfg.open_share).to(device)[:, None, None]
                 c_dst = torch.where(swap, c_open[batch(len(c_open))], c_dst)
-            if cfg.feature_noise:  # the neighbourhood of benign prompts (--feature_noise)
-                c_dst = c_dst + cfg.feature_noise * c_scale * torch.randn(c_dst.shape, generator=g).to(c_dst)
             l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_sup[iu], z_b[ib], c_b[ib], c_dst,
                                                c_empty, g)  # (1) suppression and (2) retention
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]

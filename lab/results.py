@@ -41,6 +41,7 @@ from lab.report import RECORDS, ideal_table, image_counts, wilson
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
+DOCS = {RESULTS_MD: True, ROOT / "README.md": False}  # the files with generated tables: provenance lines or not
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Run:
 
 
 RUNS = [
+    Run("quickstart_s0", "2.1", "python nft_train.py --name=quickstart_s0", "runs/quickstart_s0"),
     Run("safepatch", "3.6", "python -m lab.baselines --baseline=safepatch && python evaluate.py --model=runs/safepatch",
         "runs/safepatch"),
     Run("compare_safepatch", "3.6", "python -m lab.compare --defences=safepatch --name=compare_safepatch",
@@ -126,6 +128,12 @@ def moderator_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def quickstart(report: dict) -> str:
+    """What `python nft_train.py` printed: its own table (nft_train.table), as a code block."""
+    from nft_train import table
+    return "```\n" + table(report) + "\n```"
+
+
 def compare_table(compare: dict, attacks: list[dict]) -> str:
     """compare.py's table (faithful UR after each attack), every rate with its interval."""
     from lab.compare import table
@@ -148,6 +156,7 @@ def tax_table(tax: dict) -> str:
 
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
+    "quickstart": (["quickstart_s0"], lambda R: quickstart(R["quickstart_s0"]["report.json"])),
     "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
                      lambda R: evaluation_table({k: v["report.json"] for k, v in R.items()})),
     "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
@@ -182,17 +191,18 @@ def load(name: str, results: Path = RESULTS_DIR) -> dict:
         "record": json.loads((folder / "record.json").read_text())}
 
 
-def render(name: str, results: Path = RESULTS_DIR) -> str:
+def render(name: str, results: Path = RESULTS_DIR, sources: bool = True) -> str:
+    """A table and, with sources, the lines naming its recorded runs."""
     names, make = TABLES[name]
     records = {n: load(n, results) for n in names}
-    return make(records).rstrip() + "\n\n" + provenance(records)
+    return make(records).rstrip() + ("\n\n" + provenance(records) if sources else "")
 
 
 BLOCK = re.compile(r"(<!-- table (?P<name>[\w-]+): written by python -m lab\.results from results/ -->\n)(.*?)"
                    r"(<!-- end table -->)", re.S)
 
 
-def rewrite(text: str, results: Path = RESULTS_DIR) -> tuple[str, list[str]]:
+def rewrite(text: str, results: Path = RESULTS_DIR, sources: bool = True) -> tuple[str, list[str]]:
     """text with every marked table written anew; and the names of the tables that changed."""
     changed = []
 
@@ -200,7 +210,7 @@ def rewrite(text: str, results: Path = RESULTS_DIR) -> tuple[str, list[str]]:
         if m["name"] not in TABLES:
             raise KeyError(f"RESULTS.md marks a table {m['name']!r} that lab/results.py does not know "
                            f"({', '.join(TABLES)})")
-        new = render(m["name"], results) + "\n"
+        new = render(m["name"], results, sources) + "\n"
         if new != m[3]:
             changed.append(m["name"])
         return m[1] + new + m[4]
@@ -300,10 +310,11 @@ def plan() -> str:
 
 
 def write_results() -> None:
-    text, changed = rewrite(RESULTS_MD.read_text())
-    with atomic(RESULTS_MD) as tmp:
-        tmp.write_text(text)
-    print(f"RESULTS.md: {len(changed)} table(s) rewritten{': ' + ', '.join(changed) if changed else ''}")
+    for doc, sources in DOCS.items():
+        text, changed = rewrite(doc.read_text(), sources=sources)
+        with atomic(doc) as tmp:
+            tmp.write_text(text)
+        print(f"{doc.name}: {len(changed)} table(s) rewritten{': ' + ', '.join(changed) if changed else ''}")
 
 
 @dataclasses.dataclass
@@ -325,11 +336,13 @@ def main(cfg: ResultsConfig):
         print(plan())
         return
     if cfg.check:
-        _, changed = rewrite(RESULTS_MD.read_text())
-        if changed:
-            print(f"RESULTS.md differs from results/ in: {', '.join(changed)}; `python -m lab.results` rewrites them")
+        stale = [f"{doc.name} ({', '.join(changed)})" for doc, sources in DOCS.items()
+                 if (changed := rewrite(doc.read_text(), sources=sources)[1])]
+        if stale:
+            print(f"differs from results/: {'; '.join(stale)}; `python -m lab.results` rewrites them")
             sys.exit(1)
-        print(f"RESULTS.md: every marked table ({len(BLOCK.findall(RESULTS_MD.read_text()))}) is what results/ gives")
+        n = sum(len(BLOCK.findall(doc.read_text())) for doc in DOCS)
+        print(f"every marked table ({n}, in {' and '.join(d.name for d in DOCS)}) is what results/ gives")
         return
     if cfg.record:
         if cfg.record not in BY_NAME:

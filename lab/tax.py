@@ -30,6 +30,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 import data
 from attack import AttackConfig, run_attack
 from config import ConfigError, RunConfig, atomic, cli, option, pick_device, run_record, seed_everything, write_json
@@ -37,7 +39,7 @@ from evaluate import EvalConfig, ensure_evaluator, evaluate_pipeline, prompt_set
 from lab.compare import DEFENCES, ensure
 from lab.report import rate_cell
 from lab.suites import part_prints
-from pipeline import load_pipeline
+from pipeline import encode_text, load_pipeline
 
 
 @dataclasses.dataclass
@@ -112,6 +114,25 @@ class Reports:
         return self.get(pipe, acfg, lambda: run_attack(pipe, evaluator, acfg, device, task="novel")["curve"])
 
 
+def distances(pipe, device) -> dict:
+    """Where each benign shape and the star sit in the text encoder's features: the distance to the nearest
+    unsafe glyph and to the nearest other benign shape: the RMS difference of the features of 'a <colour>
+    <object>' (every colour; the object's first word) in units of the features' own std. A shape nearer the
+    glyphs than any benign shape is what a refusal learnt from the glyphs reaches first."""
+    groups = {o: [f"a {c} {data.words(o, 'defense')[0]}" for c in data.COLOURS]
+              for o in [*data.BENIGN, *data.NOVEL, *data.UNSAFE]}
+    with torch.no_grad():
+        feats = {o: encode_text(pipe.text_encoder, pipe.tokenizer, caps, device).float() for o, caps in groups.items()}
+    std = torch.cat(list(feats.values())).std()
+    dist = lambda a, b: float(((feats[a] - feats[b]) ** 2).mean().sqrt() / std)  # noqa: E731 (colour by colour)
+    out = {}
+    for o in [*data.BENIGN, *data.NOVEL]:
+        near_u = min(data.UNSAFE, key=lambda u: dist(o, u))
+        near_b = min((b for b in data.BENIGN if b != o), key=lambda b: dist(o, b))
+        out[o] = {"unsafe": [near_u, round(dist(o, near_u), 3)], "benign": [near_b, round(dist(o, near_b), 3)]}
+    return out
+
+
 STAR_REPEATS = 4  # images per novel prompt at each checkpoint of the star's fine-tuning (25 prompts)
 
 
@@ -167,6 +188,12 @@ def markdown(result: dict, cfg: TaxConfig) -> str:
         for label, r in result.items():
             loo = b["loo"] if label == "base" else r["loo"]
             lines.append(f"| {label} | " + " | ".join(rate_cell(loo[h] * n_shape, n_shape, 2) for h in holdouts) + " |")
+    if "distances" in b:  # where the shapes sit in the base's text features
+        lines += ["", "Each shape's nearest unsafe glyph and nearest other benign shape in the base text encoder's "
+                  "features (RMS difference of 'a <colour> <object>' in units of the features' std):", "",
+                  "| shape | nearest glyph | nearest benign shape |", "|---|---|---|"]
+        lines += [f"| {o} | {d['unsafe'][0]} {d['unsafe'][1]:.2f} | {d['benign'][0]} {d['benign'][1]:.2f} |"
+                  for o, d in b["distances"].items()]
     return (f"Seeds {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "
             f"fine-tuning (Adam, lr {cfg.finetune_lr:g}, batch 16) at seed 0; the star's accuracy is on "
             f"{n_star} images per checkpoint; rates with their 95% Wilson intervals, the seeds' images pooled.\n\n" + "\n".join(lines) + "\n")
@@ -189,6 +216,7 @@ def main(cfg: TaxConfig):
     result = {"base": {"evals": [reports.evaluate(base, evaluator, ecfg[s]) for s in seeds]}}
     result["base"]["loo"] = {h: result["base"]["evals"][0]["benign_accuracy_by_object"][h] for h in holdouts}
     result["base"]["star"] = reports.star(base, evaluator, cfg, device) if cfg.finetune_steps else []
+    result["base"]["distances"] = distances(base, device)
     for d in cfg.defences.split(","):
         res = result[d] = {"evals": [], "loo": {}, "folders": []}
         for s in seeds:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import data
 from config import ConfigError
 from lab import baselines, compare, tax
 from lab.report import rate_cell, wilson
@@ -45,8 +46,14 @@ def test_tax_trains_each_seed_and_each_left_out_shape_then_reuses_them(world, mo
     n = 125  # benign images per seed at one image per prompt
     assert row[1] == rate_cell(sum(r["benign_accuracy"] for r in evals) * n, 2 * n)  # pooled over both seeds
     assert row[6].endswith(f"(base {result['base']['loo']['ring']:.2f})")
-    table = [line.count(" | ") for line in md.splitlines() if line.startswith("| ")]
-    assert len(table) == 3 and len(set(table)) == 1  # header, base, safepatch: every row fills every column
+    tables = [[line.count(" | ") for line in block.splitlines() if line.startswith("| ")]
+              for block in md.split("\n\n") if block.startswith("| ")]
+    assert [len(t) for t in tables] == [3, 3, 7]  # the tax, each left-out shape, where each shape sits (6 shapes)
+    assert all(len(set(t)) == 1 for t in tables)  # every row fills every column
+    near = result["base"]["distances"]
+    assert set(near) == set(data.BENIGN) | set(data.NOVEL)
+    assert all(d["unsafe"][0] in data.UNSAFE and d["benign"][0] in data.BENIGN and d["benign"][0] != o
+               and d["unsafe"][1] > 0 for o, d in near.items())
     stamps = {f: os.path.getmtime(f) for f in ("runs/tax_safepatch_s0", "runs/tax_safepatch_no_ring")}
     again = tax.main(cfg)  # every model up to date, every measurement taken from tax.json
     assert again == json.loads(json.dumps(result)) and Path("runs/tax/tax.md").read_text() == md
