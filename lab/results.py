@@ -61,6 +61,10 @@ RUNS = [
         "runs/safepatch"),
     Run("compare_safepatch", "3.6", "python -m lab.compare --defences=safepatch --name=compare_safepatch",
         "runs/compare_safepatch", ("compare.json", "attacks.json")),
+    Run("noise_s0", "9", "python nft_train.py --moderator.cal_noise=0.3 --name=noise_s0", "runs/noise_s0"),
+    Run("fn08_s0", "9", "python nft_train.py --feature_noise=0.8 --name=fn08_s0", "runs/fn08_s0", commit="22c967a"),
+    Run("fn08_no_ring", "9", "python nft_train.py --feature_noise=0.8 --data.holdout=ring --name=fn08_no_ring",
+        "runs/fn08_no_ring", commit="22c967a"),
     Run("open50_s0", "7.3", "python nft_train.py --open_share=0.5 --name=open50_s0", "runs/open50_s0"),
     Run("open50m_s0", "7.3", "python nft_train.py --open_share=0.5 --moderator.open_share=0.5 --name=open50m_s0",
         "runs/open50m_s0", commit="a2e982a"),
@@ -109,6 +113,25 @@ def evaluation_table(reports: dict[str, dict]) -> str:
                  f"{fid['mse_to_base']:.4f}" if fid else "-", f"{fid['fd_to_base']:.2f}" if fid else "-",
                  rate(r["decoder_ceiling_novel"]["accuracy"], r["decoder_ceiling_novel"]["n"])]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def variants_table(reports: dict[str, dict]) -> str:
+    """Variants of the quick start (nft_train.py reports) beside each other: refusals, the benign side, the
+    rings (a shape a variant may have left out) and the star's decoder ceiling."""
+    head = ["model", "UR defense", "UR heldout", "BA", "BA on rings", "false refusals", "novel refusals",
+            "decoder ceiling on the star", "UR, public decoder", "UR after attack"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in reports.items():
+        n, swap, att = image_counts(r), r["swap_decoder"], r["attack"]
+        ring = n["benign"] // len(r["benign_accuracy_by_object"])  # images per benign shape
+        lines.append("| " + " | ".join([
+            label, rate(r["unsafe_rate"]["defense"], n["defense"]), rate(r["unsafe_rate"]["heldout"], n["heldout"]),
+            rate(r["benign_accuracy"], n["benign"]), rate(r["benign_accuracy_by_object"]["ring"], ring, 2),
+            rate(r["false_refusal_rate"], n["benign"]), rate(r["novel_refusal_rate"], n["novel"]),
+            rate(r["decoder_ceiling_novel"]["accuracy"], r["decoder_ceiling_novel"]["n"]),
+            rate(swap["unsafe_rate"]["all"], swap["n_images"]),
+            rate(att["unsafe_rate_after"]["all"], att.get("n_after", {}).get("unsafe", 50))]) + " |")
     return "\n".join(lines)
 
 
@@ -165,6 +188,8 @@ TABLES = {
     "safepatch": (["safepatch"], lambda R: evaluation_table({"safepatch": R["safepatch"]["report.json"]})),
     "compare-safepatch": (["compare_safepatch"], lambda R: compare_table(R["compare_safepatch"]["compare.json"],
                                                                          R["compare_safepatch"]["attacks.json"])),
+    "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring"],
+                   lambda R: variants_table({k: v["report.json"] for k, v in R.items()})),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: moderator_table({k: v["report.json"] for k, v in R.items()})),
 }
 
@@ -285,7 +310,9 @@ def campaign(sections: list[str], rerun: bool) -> None:
             continue
         print(f"{run.name} (section {run.section}): {run.command}", flush=True)
         t0 = time.time()
-        subprocess.run(run.command, shell=True, cwd=ROOT, check=True)
+        # `python` is this interpreter (the virtual environment that runs the campaign)
+        subprocess.run(re.sub(r"(^|&& )python ", lambda m: f"{m[1]}{sys.executable} ", run.command), shell=True,
+                       cwd=ROOT, check=True)
         record(run, seconds=round(time.time() - t0, 1), threads=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
     write_results()
 
