@@ -57,7 +57,6 @@ class ModeratorConfig:
     lr: float = option(3e-4, "Adam learning rate of the defender")
     w_cal: float = option(10.0, "weight of the calibration loss on benign features")
     w_rec: float = option(1.0, "weight of the reconstruction loss on benign images")
-    cal_noise: float = option(0.0, "also calibrate on benign features plus Gaussian noise of this std (0: off)")
     pixel_weight: float = option(1.0, "weight of the pixel term inside the zero loss")
     perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --moderator.vgg19 "
                              "is given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
@@ -185,8 +184,6 @@ def train_decoder_moderator(pipe, job, device, perceptual=None, sources=()) -> d
     t0 = time.perf_counter()
     for _ in bar:
         zu, zb, xb = pick(z_u), pick(z_b), pick(x_b).to(device)  # real images wait on the CPU
-        if cfg.cal_noise:  # calibration around the benign features too: what the decoder was not shown stays
-            zb = torch.cat([zb, zb + cfg.cal_noise * torch.randn(zb.shape, generator=gen).to(zb)])
         with torch.no_grad():
             ref = decode(vae0, zb)
         # (1) zero loss on unsafe features, calibration + reconstruction on benign ones, at the current weights

@@ -56,12 +56,21 @@ class Run:
 
 
 RUNS = [
+    Run("eval_base", "1.1", "python evaluate.py --model=runs/base", "runs/base"),
+    Run("eval_never_learned", "1.1", "python evaluate.py --unet=runs/never_learned --name=never_learned",
+        "runs/never_learned"),
+    Run("eval_random_unet", "1.1", "python evaluate.py --unet=random --name=random_unet", "runs/random_unet"),
     Run("quickstart_s0", "2.1", "python nft_train.py --name=quickstart_s0", "runs/quickstart_s0"),
     Run("safepatch", "3.6", "python -m lab.baselines --baseline=safepatch && python evaluate.py --model=runs/safepatch",
         "runs/safepatch"),
     Run("compare_safepatch", "3.6", "python -m lab.compare --defences=safepatch --name=compare_safepatch",
         "runs/compare_safepatch", ("compare.json", "attacks.json")),
-    Run("noise_s0", "9", "python nft_train.py --moderator.cal_noise=0.3 --name=noise_s0", "runs/noise_s0"),
+    *[Run(f"pubdec_s{s}", "2.2", f"python evaluate.py --model=runs/tax_patronus_s{s} --vae=runs/base --seed={s} "
+          f"--name=pubdec_s{s}", f"runs/pubdec_s{s}") for s in (1, 2)],
+    *[Run(f"attack_s{s}", "2.2", f"python attack.py --model=runs/tax_patronus_s{s} --seed={s} --checkpoints=0,100,300 "
+          f"--save=false --name=attack_s{s}", f"runs/attack_s{s}", ("attacks.json",)) for s in (1, 2)],
+    Run("noise_s0", "9", "python nft_train.py --moderator.cal_noise=0.3 --name=noise_s0", "runs/noise_s0",
+        commit="881bcdd"),
     Run("fn08_s0", "9", "python nft_train.py --feature_noise=0.8 --name=fn08_s0", "runs/fn08_s0", commit="22c967a"),
     Run("fn08_no_ring", "9", "python nft_train.py --feature_noise=0.8 --data.holdout=ring --name=fn08_no_ring",
         "runs/fn08_no_ring", commit="22c967a"),
@@ -74,10 +83,10 @@ RUNS = [
     Run("tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
     Run("quick_open100_s0", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
         "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
-    Run("mod_plain", "7.6", "python moderator.py --name=mod_plain && python evaluate.py --model=runs/mod_plain",
+    Run("mod_plain", "9", "python moderator.py --name=mod_plain && python evaluate.py --model=runs/mod_plain",
         "runs/mod_plain"),
-    Run("mod_noise", "7.6", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
-        "python evaluate.py --model=runs/mod_noise", "runs/mod_noise"),
+    Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
+        "python evaluate.py --model=runs/mod_noise", "runs/mod_noise", commit="881bcdd"),
 ]
 BY_NAME = {r.name: r for r in RUNS}
 
@@ -135,6 +144,46 @@ def variants_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def base_table(reports: dict[str, dict]) -> str:
+    """The references: refusals and benign accuracy, and what their decoder can draw (benign shapes, the star)."""
+    head = ["model", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
+            "decoder ceiling, benign shapes (MSE)", "decoder ceiling, the star (MSE)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in reports.items():
+        n, c, cn = image_counts(r), r["decoder_ceiling"], r["decoder_ceiling_novel"]
+        lines.append("| " + " | ".join([
+            label, rate(r["unsafe_rate"]["defense"], n["defense"]), rate(r["unsafe_rate"]["heldout"], n["heldout"]),
+            rate(r["benign_accuracy"], n["benign"]), rate(r["false_refusal_rate"], n["benign"]),
+            rate(r["novel_refusal_rate"], n["novel"]), f"{rate(c['accuracy'], c['n'])} ({c['mse']:.4f})",
+            f"{rate(cn['accuracy'], cn['n'])} ({cn['mse']:.4f})"]) + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(seed0: dict, tax: dict, public: dict[int, dict], attacked: dict[int, list]) -> str:
+    """Today's default at three seeds: seed 0's quick-start report, seeds 1 and 2 from the tax's evaluations,
+    their public decoder (evaluate.py --vae) and default attack (attack.py); a last row pools the images."""
+    head = ["seed", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "UR, public decoder",
+            "UR after attack", "BA after attack"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [(0, seed0, seed0["swap_decoder"], seed0["attack"])]
+    rows += [(s, tax["result"]["patronus"]["evals"][s], public[s] | {"n_images": public[s]["n_unsafe"]["all"]},
+              attacked[s][-1]) for s in sorted(public)]
+    pooled = {}
+    for s, r, pub, att in rows:
+        n = image_counts(r)
+        after = att.get("n_after", {"unsafe": 50, "benign": 125})
+        cells = [(r["unsafe_rate"]["defense"], n["defense"]), (r["unsafe_rate"]["heldout"], n["heldout"]),
+                 (r["benign_accuracy"], n["benign"]), (r["false_refusal_rate"], n["benign"]),
+                 (r["novel_refusal_rate"], n["novel"]), (pub["unsafe_rate"]["all"], pub["n_images"]),
+                 (att["unsafe_rate_after"]["all"], after["unsafe"]), (att["benign_accuracy_after"], after["benign"])]
+        for i, (v, k) in enumerate(cells):
+            hits, total = pooled.get(i, (0, 0))
+            pooled[i] = (hits + round(v * k), total + k)
+        lines.append(f"| {s} | " + " | ".join(rate(v, k) for v, k in cells) + " |")
+    lines.append(f"| {len(rows)} seeds pooled | " + " | ".join(rate(h / t, t) for h, t in pooled.values()) + " |")
+    return "\n".join(lines)
+
+
 def moderator_table(reports: dict[str, dict]) -> str:
     """The decoder moderator alone: refusals, benign side and the decoder's ceiling on the star."""
     head = ["moderator", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
@@ -180,9 +229,20 @@ def tax_table(tax: dict) -> str:
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
     "quickstart": (["quickstart_s0"], lambda R: quickstart(R["quickstart_s0"]["report.json"])),
+    "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: base_table({
+        "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
+        R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]})),
+    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
+        R["open100_s0"]["report.json"], R["tax"]["tax.json"], {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
+        {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)})),
+    "quickstart-intervals": (["quickstart_s0"], lambda R: evaluation_table({
+        "base": R["quickstart_s0"]["report.json"]["base"] | {"attack": R["quickstart_s0"]["report.json"]["base_attack"]},
+        "Patronus": R["quickstart_s0"]["report.json"]})),
     "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
                      lambda R: evaluation_table({k: v["report.json"] for k, v in R.items()})),
     "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
+    "tax-headline": (["tax"], lambda R: next(b for b in tax_table(R["tax"]["tax.json"]).split("\n\n")
+                                             if b.startswith("| defence | BA"))),
     "quick-open100": (["quick_open100_s0"], lambda R: suite_table(R["quick_open100_s0"]["attacks.json"],
                                                                    R["quick_open100_s0"]["suite.json"])),
     "safepatch": (["safepatch"], lambda R: evaluation_table({"safepatch": R["safepatch"]["report.json"]})),
