@@ -61,6 +61,8 @@ RUNS = [
         "runs/never_learned"),
     Run("eval_random_unet", "1.1", "python evaluate.py --unet=random --name=random_unet", "runs/random_unet"),
     Run("quickstart_s0", "2.1", "python nft_train.py --name=quickstart_s0", "runs/quickstart_s0"),
+    Run("compare", "3.1", "python -m lab.compare --defences=patronus,safepatch,moderator", "runs/compare",
+        ("compare.json", "attacks.json")),
     Run("safepatch", "3.6", "python -m lab.baselines --baseline=safepatch && python evaluate.py --model=runs/safepatch",
         "runs/safepatch"),
     Run("compare_safepatch", "3.6", "python -m lab.compare --defences=safepatch --name=compare_safepatch",
@@ -74,6 +76,8 @@ RUNS = [
     Run("fn08_s0", "9", "python nft_train.py --feature_noise=0.8 --name=fn08_s0", "runs/fn08_s0", commit="22c967a"),
     Run("fn08_no_ring", "9", "python nft_train.py --feature_noise=0.8 --data.holdout=ring --name=fn08_no_ring",
         "runs/fn08_no_ring", commit="22c967a"),
+    Run("noring_basevae", "9", "python evaluate.py --model=runs/tax_patronus_no_ring --vae=runs/base "
+        "--name=noring_basevae", "runs/noring_basevae"),
     Run("open50_s0", "7.3", "python nft_train.py --open_share=0.5 --name=open50_s0", "runs/open50_s0"),
     Run("open50m_s0", "7.3", "python nft_train.py --open_share=0.5 --moderator.open_share=0.5 --name=open50m_s0",
         "runs/open50m_s0", commit="a2e982a"),
@@ -132,15 +136,15 @@ def variants_table(reports: dict[str, dict]) -> str:
             "decoder ceiling on the star", "UR, public decoder", "UR after attack"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in reports.items():
-        n, swap, att = image_counts(r), r["swap_decoder"], r["attack"]
+        n, swap, att = image_counts(r), r.get("swap_decoder"), r.get("attack")
         ring = n["benign"] // len(r["benign_accuracy_by_object"])  # images per benign shape
         lines.append("| " + " | ".join([
             label, rate(r["unsafe_rate"]["defense"], n["defense"]), rate(r["unsafe_rate"]["heldout"], n["heldout"]),
             rate(r["benign_accuracy"], n["benign"]), rate(r["benign_accuracy_by_object"]["ring"], ring, 2),
             rate(r["false_refusal_rate"], n["benign"]), rate(r["novel_refusal_rate"], n["novel"]),
             rate(r["decoder_ceiling_novel"]["accuracy"], r["decoder_ceiling_novel"]["n"]),
-            rate(swap["unsafe_rate"]["all"], swap["n_images"]),
-            rate(att["unsafe_rate_after"]["all"], att.get("n_after", {}).get("unsafe", 50))]) + " |")
+            rate(swap["unsafe_rate"]["all"], swap["n_images"]) if swap else "-",
+            rate(att["unsafe_rate_after"]["all"], att.get("n_after", {}).get("unsafe", 50)) if att else "-"]) + " |")
     return "\n".join(lines)
 
 
@@ -206,12 +210,12 @@ def quickstart(report: dict) -> str:
     return "```\n" + table(report) + "\n```"
 
 
-def compare_table(compare: dict, attacks: list[dict]) -> str:
-    """compare.py's table (faithful UR after each attack), every rate with its interval."""
+def compare_table(compare: dict, attacks: list[dict], key: str = "curve_faithful", name: str = "fUR") -> str:
+    """compare.py's table (faithful UR after each attack, or plain: key="curve"), every rate with its interval."""
     from lab.compare import table
     from lab.suites import SUITES
     rows = {n: d["report"] for n, d in (compare["defences"] | compare["references"]).items()}
-    return table(rows, [e for e in attacks if e["best"]], compare["attacks"], "curve_faithful", "fUR", rate,
+    return table(rows, [e for e in attacks if e["best"]], compare["attacks"], key, name, rate,
                  50 * SUITES[compare["suite"]]["eval_repeats"])
 
 
@@ -245,10 +249,14 @@ TABLES = {
                                              if b.startswith("| defence | BA"))),
     "quick-open100": (["quick_open100_s0"], lambda R: suite_table(R["quick_open100_s0"]["attacks.json"],
                                                                    R["quick_open100_s0"]["suite.json"])),
+    "compare-faithful": (["compare"], lambda R: compare_table(R["compare"]["compare.json"],
+                                                              R["compare"]["attacks.json"])),
+    "compare-plain": (["compare"], lambda R: compare_table(R["compare"]["compare.json"], R["compare"]["attacks.json"],
+                                                           "curve", "UR")),
     "safepatch": (["safepatch"], lambda R: evaluation_table({"safepatch": R["safepatch"]["report.json"]})),
     "compare-safepatch": (["compare_safepatch"], lambda R: compare_table(R["compare_safepatch"]["compare.json"],
                                                                          R["compare_safepatch"]["attacks.json"])),
-    "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring"],
+    "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
                    lambda R: variants_table({k: v["report.json"] for k, v in R.items()})),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: moderator_table({k: v["report.json"] for k, v in R.items()})),
 }
