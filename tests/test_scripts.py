@@ -11,6 +11,7 @@ from lab import baselines
 from lab import benchmark
 from lab import compare
 from lab import report
+from lab import results
 from lab import suites
 from lab import tax
 import data
@@ -323,7 +324,7 @@ def test_readme_commands_parse():
                "pocket.toy_sd": toy_sd.PretrainConfig, "lab.compare": compare.CompareConfig,
                "lab.suites": suites.SuiteConfig, "lab.report": report.ReportConfig,
                "lab.baselines": baselines.BaselineConfig, "lab.benchmark": benchmark.BenchConfig,
-               "lab.tax": tax.TaxConfig}
+               "lab.tax": tax.TaxConfig, "lab.results": results.ResultsConfig}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     seen, unknown = set(), []
     for line in readme.splitlines():
@@ -333,7 +334,8 @@ def test_readme_commands_parse():
                 continue
             module = words[i + 2] if words[i + 1] == "-m" else words[i + 1]
             if module in scripts:
-                parse(scripts[module], [a for a in words[i + 2 :] if a.startswith("--")])
+                # its options (a generated table's marker line ends in "-->", not an option)
+                parse(scripts[module], [a for a in words[i + 2 :] if a.startswith("--") and a != "-->"])
                 seen.add(module)
             elif module.endswith(".py") or words[i + 1] == "-m":
                 unknown.append(module)
