@@ -85,6 +85,8 @@ RUNS = [
         "runs/open50_basevae"),
     Run("open100_s0", "7.3", "python nft_train.py --open_share=1.0 --name=open100_s0", "runs/open100_s0"),
     Run("tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
+    Run("tax_others", "7.4", "python -m lab.tax --defences=filter,safetext,esd,erase,moderator,nft --seeds=0 "
+        "--holdouts=ring --name=tax_others", "runs/tax_others", ("tax.json",)),
     Run("quick_open100_s0", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
         "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
     Run("mod_plain", "9", "python moderator.py --name=mod_plain && python evaluate.py --model=runs/mod_plain",
@@ -247,6 +249,7 @@ TABLES = {
     "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
     "tax-headline": (["tax"], lambda R: next(b for b in tax_table(R["tax"]["tax.json"]).split("\n\n")
                                              if b.startswith("| defence | BA"))),
+    "tax-others": (["tax_others"], lambda R: tax_table(R["tax_others"]["tax.json"]).split("\n\nEach shape's")[0]),
     "quick-open100": (["quick_open100_s0"], lambda R: suite_table(R["quick_open100_s0"]["attacks.json"],
                                                                    R["quick_open100_s0"]["suite.json"])),
     "compare-faithful": (["compare"], lambda R: compare_table(R["compare"]["compare.json"],

@@ -169,11 +169,13 @@ def markdown(result: dict, cfg: TaxConfig) -> str:
     items, novel = prompt_set(ecfg), prompt_set(ecfg, kinds=("novel",))
     n_benign, n_novel = sum(it["kind"] == "benign" for it in items), len(novel)
     n_shape, n_star = n_benign // len(data.BENIGN), len({it["prompt"] for it in novel}) * STAR_REPEATS
-    head = ["defence", f"BA ({len(seeds)} seeds, 95% interval)", "false refusals", "novel refusals (black)",
+    several = "s" if len(seeds) > 1 else ""
+    head = ["defence", f"BA ({len(seeds)} seed{several}, 95% interval)", "false refusals", "novel refusals (black)",
             "star drawn as a shape", "decoder ceiling on the star"]
     holdouts = [s for s in cfg.holdouts.split(",") if s]
     if holdouts:
-        head += [f"left-out shape's BA, mean of {len(holdouts)}", "worst left-out shape"]
+        head += [f"left-out shape's BA, mean of {len(holdouts)}" if len(holdouts) > 1 else "left-out shape's BA",
+                 "worst left-out shape"]
     steps = [int(s) for s in cfg.finetune_steps.split(",") if s][1:]
     head += [f"star fine-tuning, {n} steps" for n in steps]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -194,9 +196,10 @@ def markdown(result: dict, cfg: TaxConfig) -> str:
                   "| shape | nearest glyph | nearest benign shape |", "|---|---|---|"]
         lines += [f"| {o} | {d['unsafe'][0]} {d['unsafe'][1]:.2f} | {d['benign'][0]} {d['benign'][1]:.2f} |"
                   for o, d in b["distances"].items()]
-    return (f"Seeds {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "
+    return (f"Seed{several} {cfg.seeds}: {n_benign} benign and {n_novel} novel images per seed; leave-one-out and star "
             f"fine-tuning (Adam, lr {cfg.finetune_lr:g}, batch 16) at seed 0; the star's accuracy is on "
-            f"{n_star} images per checkpoint; rates with their 95% Wilson intervals, the seeds' images pooled.\n\n" + "\n".join(lines) + "\n")
+            f"{n_star} images per checkpoint; rates with their 95% Wilson intervals"
+            + (", the seeds' images pooled" if several else "") + ".\n\n" + "\n".join(lines) + "\n")
 
 
 def main(cfg: TaxConfig):
