@@ -391,7 +391,7 @@ def campaign(sections: list[str], rerun: bool) -> None:
 def plan() -> str:
     """The campaign, section by section: each run, whether it is recorded, its recorded wall time and threads."""
     lines, total = [], 0.0
-    for section in dict.fromkeys(r.section for r in RUNS):
+    for section in sorted({r.section for r in RUNS}, key=lambda s: [int(x) for x in s.split(".")]):
         runs = [r for r in RUNS if r.section == section]
         recs = {r.name: json.loads(p.read_text()) for r in runs if (p := RESULTS_DIR / r.name / "record.json").is_file()}
         secs = sum(rec.get("seconds") or 0 for rec in recs.values())
