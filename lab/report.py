@@ -46,10 +46,11 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
-def rate_cell(k: float, n: int, digits: int = 3) -> str:
-    """'0.940 [0.921, 0.955]': a rate with its 95% Wilson interval."""
+def rate_cell(k: float, n: int, digits: int = 3, interval_digits: int | None = None) -> str:
+    """'0.940 [0.921, 0.955]': a rate of k in n with its 95% Wilson interval (to interval_digits, default digits)."""
     lo, hi = wilson(k, n)
-    return f"{round(k) / n:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    d = digits if interval_digits is None else interval_digits
+    return f"{round(k) / n:.{digits}f} [{lo:.{d}f}, {hi:.{d}f}]"
 
 
 def image_counts(rep: dict) -> dict:
@@ -268,8 +269,7 @@ def ideal_table(entries: list[dict], threshold: float = 0.5, key: str = "curve_f
         worst = {m: worst_case(by_model[m], key, threshold) for m in models if m in by_model}
         last = {m: run[key][-1][0] for m, (_, run) in worst.items()}
         top = {m: max(e[key][-1][1] for e in by_model[m]) for m in worst}
-        cells = [f"{reached(worst[m][1][key], threshold)} ({top[m]:.2f}"
-                 + (f" [{wilson(top[m] * n, n)[0]:.2f}, {wilson(top[m] * n, n)[1]:.2f}]" if n else "") + ")"
+        cells = [f"{reached(worst[m][1][key], threshold)} ({rate_cell(top[m] * n, n, 2) if n else f'{top[m]:.2f}'})"
                  if m in worst else "-" for m in models]
         ratio = (ideal_ratio(worst[defended][0], last[defended], worst[ideal][0], last[ideal])
                  if defended in worst and ideal in worst else "-")

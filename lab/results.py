@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from config import atomic, cli, option, write_json
-from lab.report import RECORDS, ideal_table, image_counts, wilson
+from lab.report import RECORDS, ideal_table, image_counts, rate_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
@@ -103,66 +103,65 @@ def rate(v: float | None, n: int | None, digits: int = 3) -> str:
     """'0.956 [0.93, 0.97]': a rate of n images with its 95% Wilson interval ('-' when there is none)."""
     if v is None:
         return "-"
-    if not n:
-        return f"{v:.{digits}f}"
-    lo, hi = wilson(v * n, n)
-    return f"{v:.{digits}f} [{lo:.2f}, {hi:.2f}]"
+    return f"{v:.{digits}f}" if not n else rate_cell(v * n, n, digits, 2)
+
+
+def _after(r: dict) -> dict:
+    """The after-attack evaluation's images (reports written before they were recorded: 50 unsafe, 125 benign)."""
+    return r["attack"].get("n_after", {"unsafe": 50, "benign": 125})
+
+
+def _ceiling(c: dict, mse: bool = True) -> str:
+    return rate(c["accuracy"], c["n"]) + (f" ({c['mse']:.4f})" if mse else "")
+
+
+# a column of a report table: its head and its cell for one evaluate.py / nft_train.py report
+COLUMNS = {
+    "UR defense": lambda r: rate(r["unsafe_rate"]["defense"], image_counts(r)["defense"]),
+    "UR heldout": lambda r: rate(r["unsafe_rate"]["heldout"], image_counts(r)["heldout"]),
+    "BA": lambda r: rate(r["benign_accuracy"], image_counts(r)["benign"]),
+    "BA on rings": lambda r: rate(r["benign_accuracy_by_object"]["ring"],
+                                  image_counts(r)["benign"] // len(r["benign_accuracy_by_object"]), 2),
+    "false refusals": lambda r: rate(r["false_refusal_rate"], image_counts(r)["benign"]),
+    "novel refusals": lambda r: rate(r.get("novel_refusal_rate"), image_counts(r)["novel"]),
+    "UR, public decoder": lambda r: (rate(r["swap_decoder"]["unsafe_rate"]["all"], r["swap_decoder"]["n_images"])
+                                     if "swap_decoder" in r else "-"),
+    "UR after attack": lambda r: (rate(r["attack"]["unsafe_rate_after"]["all"], _after(r)["unsafe"])
+                                  if "attack" in r else "-"),
+    "BA after attack": lambda r: (rate(r["attack"]["benign_accuracy_after"], _after(r)["benign"])
+                                  if "attack" in r else "-"),
+    "MSE to base": lambda r: f"{r['fidelity']['mse_to_base']:.4f}" if r.get("fidelity") else "-",
+    "FD to base": lambda r: f"{r['fidelity']['fd_to_base']:.2f}" if r.get("fidelity") else "-",
+    "decoder ceiling on the star": lambda r: _ceiling(r["decoder_ceiling_novel"], mse=False),
+    "decoder ceiling on the star (MSE)": lambda r: _ceiling(r["decoder_ceiling_novel"]),
+    "decoder ceiling, benign shapes (MSE)": lambda r: _ceiling(r["decoder_ceiling"]),
+    "decoder ceiling, the star (MSE)": lambda r: _ceiling(r["decoder_ceiling_novel"]),
+}
+
+
+def report_table(reports: dict[str, dict], columns: list[str], first: str = "model") -> str:
+    """One row per report ({label: report}), the named COLUMNS."""
+    lines = ["| " + " | ".join([first, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += ["| " + " | ".join([label, *(COLUMNS[c](r) for c in columns)]) + " |" for label, r in reports.items()]
+    return "\n".join(lines)
+
+
+# evaluate.py's and nft_train.py's reports (nft_train.py's add the public-decoder and after-attack columns)
+EVALUATION = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "UR, public decoder",
+              "UR after attack", "BA after attack", "MSE to base", "FD to base", "decoder ceiling on the star"]
+# variants of the quick start: the rings (a shape a variant may leave out) and the star's decoder ceiling
+VARIANTS = ["UR defense", "UR heldout", "BA", "BA on rings", "false refusals", "novel refusals",
+            "decoder ceiling on the star", "UR, public decoder", "UR after attack"]
+# the references: what their decoder can draw, benign shapes and the star
+REFERENCES = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
+              "decoder ceiling, benign shapes (MSE)", "decoder ceiling, the star (MSE)"]
+# the decoder moderator alone
+MODERATOR = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
+             "decoder ceiling on the star (MSE)"]
 
 
 def evaluation_table(reports: dict[str, dict]) -> str:
-    """One row per evaluate.py / nft_train.py report ({label: report}); nft_train.py's add the public-decoder
-    and after-attack columns."""
-    head = ["model", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "UR, public decoder",
-            "UR after attack", "BA after attack", "MSE to base", "FD to base", "decoder ceiling on the star"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, r in reports.items():
-        n, ur, swap, att = image_counts(r), r["unsafe_rate"], r.get("swap_decoder"), r.get("attack")
-        after = (att or {}).get("n_after", {"unsafe": 50, "benign": 125})  # the after-attack evaluation's images
-        fid = r.get("fidelity", {})
-        cells = [label, rate(ur["defense"], n["defense"]), rate(ur["heldout"], n["heldout"]),
-                 rate(r["benign_accuracy"], n["benign"]), rate(r["false_refusal_rate"], n["benign"]),
-                 rate(r.get("novel_refusal_rate"), n["novel"]),
-                 rate(swap["unsafe_rate"]["all"], swap["n_images"]) if swap else "-",
-                 rate(att["unsafe_rate_after"]["all"], after["unsafe"]) if att else "-",
-                 rate(att["benign_accuracy_after"], after["benign"]) if att else "-",
-                 f"{fid['mse_to_base']:.4f}" if fid else "-", f"{fid['fd_to_base']:.2f}" if fid else "-",
-                 rate(r["decoder_ceiling_novel"]["accuracy"], r["decoder_ceiling_novel"]["n"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def variants_table(reports: dict[str, dict]) -> str:
-    """Variants of the quick start (nft_train.py reports) beside each other: refusals, the benign side, the
-    rings (a shape a variant may have left out) and the star's decoder ceiling."""
-    head = ["model", "UR defense", "UR heldout", "BA", "BA on rings", "false refusals", "novel refusals",
-            "decoder ceiling on the star", "UR, public decoder", "UR after attack"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, r in reports.items():
-        n, swap, att = image_counts(r), r.get("swap_decoder"), r.get("attack")
-        ring = n["benign"] // len(r["benign_accuracy_by_object"])  # images per benign shape
-        lines.append("| " + " | ".join([
-            label, rate(r["unsafe_rate"]["defense"], n["defense"]), rate(r["unsafe_rate"]["heldout"], n["heldout"]),
-            rate(r["benign_accuracy"], n["benign"]), rate(r["benign_accuracy_by_object"]["ring"], ring, 2),
-            rate(r["false_refusal_rate"], n["benign"]), rate(r["novel_refusal_rate"], n["novel"]),
-            rate(r["decoder_ceiling_novel"]["accuracy"], r["decoder_ceiling_novel"]["n"]),
-            rate(swap["unsafe_rate"]["all"], swap["n_images"]) if swap else "-",
-            rate(att["unsafe_rate_after"]["all"], att.get("n_after", {}).get("unsafe", 50)) if att else "-"]) + " |")
-    return "\n".join(lines)
-
-
-def base_table(reports: dict[str, dict]) -> str:
-    """The references: refusals and benign accuracy, and what their decoder can draw (benign shapes, the star)."""
-    head = ["model", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
-            "decoder ceiling, benign shapes (MSE)", "decoder ceiling, the star (MSE)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, r in reports.items():
-        n, c, cn = image_counts(r), r["decoder_ceiling"], r["decoder_ceiling_novel"]
-        lines.append("| " + " | ".join([
-            label, rate(r["unsafe_rate"]["defense"], n["defense"]), rate(r["unsafe_rate"]["heldout"], n["heldout"]),
-            rate(r["benign_accuracy"], n["benign"]), rate(r["false_refusal_rate"], n["benign"]),
-            rate(r["novel_refusal_rate"], n["novel"]), f"{rate(c['accuracy'], c['n'])} ({c['mse']:.4f})",
-            f"{rate(cn['accuracy'], cn['n'])} ({cn['mse']:.4f})"]) + " |")
-    return "\n".join(lines)
+    return report_table(reports, EVALUATION)
 
 
 def seeds_table(seed0: dict, tax: dict, public: dict[int, dict], attacked: dict[int, list]) -> str:
@@ -187,22 +186,6 @@ def seeds_table(seed0: dict, tax: dict, public: dict[int, dict], attacked: dict[
             pooled[i] = (hits + round(v * k), total + k)
         lines.append(f"| {s} | " + " | ".join(rate(v, k) for v, k in cells) + " |")
     lines.append(f"| {len(rows)} seeds pooled | " + " | ".join(rate(h / t, t) for h, t in pooled.values()) + " |")
-    return "\n".join(lines)
-
-
-def moderator_table(reports: dict[str, dict]) -> str:
-    """The decoder moderator alone: refusals, benign side and the decoder's ceiling on the star."""
-    head = ["moderator", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
-            "decoder ceiling on the star (MSE)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, r in reports.items():
-        n, c = image_counts(r), r["decoder_ceiling_novel"]
-        lines.append("| " + " | ".join([label, rate(r["unsafe_rate"]["defense"], n["defense"]),
-                                        rate(r["unsafe_rate"]["heldout"], n["heldout"]),
-                                        rate(r["benign_accuracy"], n["benign"]),
-                                        rate(r["false_refusal_rate"], n["benign"]),
-                                        rate(r["novel_refusal_rate"], n["novel"]),
-                                        f"{rate(c['accuracy'], c['n'])} ({c['mse']:.4f})"]) + " |")
     return "\n".join(lines)
 
 
@@ -235,9 +218,9 @@ def tax_table(tax: dict) -> str:
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
     "quickstart": (["quickstart_s0"], lambda R: quickstart(R["quickstart_s0"]["report.json"])),
-    "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: base_table({
+    "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
-        R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]})),
+        R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
     "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
         R["open100_s0"]["report.json"], R["tax"]["tax.json"], {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
         {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)})),
@@ -260,8 +243,9 @@ TABLES = {
     "compare-safepatch": (["compare_safepatch"], lambda R: compare_table(R["compare_safepatch"]["compare.json"],
                                                                          R["compare_safepatch"]["attacks.json"])),
     "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
-                   lambda R: variants_table({k: v["report.json"] for k, v in R.items()})),
-    "cal-noise": (["mod_plain", "mod_noise"], lambda R: moderator_table({k: v["report.json"] for k, v in R.items()})),
+                   lambda R: report_table({k: v["report.json"] for k, v in R.items()}, VARIANTS)),
+    "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table({k: v["report.json"] for k, v in R.items()}, MODERATOR,
+                                                                "moderator")),
 }
 
 

@@ -19,9 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+_BUILT: dict = {}  # the tiny world, built by the first test that needs it and shared by the rest of the run
+
+
+@pytest.fixture
 def tiny_world(tmp_path_factory):
     """A folder holding runs/base, never_learned, clip and evaluator, each trained for a few steps only."""
+    if "root" not in _BUILT:
+        _BUILT["root"] = build_tiny_world(tmp_path_factory)
+    return _BUILT["root"]
+
+
+def build_tiny_world(tmp_path_factory) -> Path:
     import torch
 
     from pocket import toy_sd
