@@ -328,18 +328,15 @@ def record(run: Run, seconds: float | None = None, note: str = "", threads: int 
     missing = [f for f in run.files if not (src / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{src}/{missing[0]} is missing: run `{run.command}` first")
+    contents = {f: json.loads((src / f).read_text()) for f in files}
+    contents.get("tax.json", {}).pop("reports", None)  # the evaluation cache: the table reads only "result"
     if threads is None:  # the run's own record of its torch threads (run_record), else this process's
-        for f in files:
-            got = json.loads((src / f).read_text())
-            got = got.get("run", got) if isinstance(got, dict) else {}
-            threads = threads or got.get("hardware", {}).get("torch_threads")
-        threads = threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
+        runs = [got.get("run", got) for got in contents.values() if isinstance(got, dict)]
+        threads = next((t for r in runs if (t := r.get("hardware", {}).get("torch_threads"))), None) or int(
+            os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
     with atomic(results / run.name) as tmp:
         tmp.mkdir()
-        for f in files:
-            got = json.loads((src / f).read_text())
-            if f == "tax.json":
-                got.pop("reports", None)  # the evaluation cache: every number the table reads is in "result"
+        for f, got in contents.items():
             write_json(tmp / f, got)
         write_json(tmp / "record.json", {
             "command": run.command, "section": run.section, "machine": where or machine(), "threads": threads,
