@@ -91,6 +91,19 @@ RUNS = [
         "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
     Run("mod_plain", "9", "python moderator.py --name=mod_plain && python evaluate.py --model=runs/mod_plain",
         "runs/mod_plain"),
+    *[Run(f"novel_{m}", "7.1", f"python evaluate.py --model=runs/{m} --name=novel_{m}", f"runs/novel_{m}")
+      for m in ("nft_only", "erase_only")],
+    Run("novel_nft_basevae", "7.1", "python evaluate.py --model=runs/quickstart_s0 --vae=runs/base "
+        "--name=novel_nft_basevae", "runs/novel_nft_basevae"),
+    *[Run(name, "6.1", f"python moderator.py {opts} --name={name} && python evaluate.py --model=runs/{name}",
+          f"runs/{name}") for name, opts in (
+        ("mod_decoder_300", "--moderator.steps=300"),
+        ("mod_decoder_hardened", "--moderator.harden=true --moderator.steps=300"),
+        ("modonly_text", "--moderator.kind=text"),
+        ("modonly_both", "--moderator.kind=both --moderator.harden=true --moderator.steps=300"))],
+    *[Run(f"dec_attack_{m}", "6.2", f"python attack.py --model=runs/{m} --attack=finetune_decoder --steps=1000 "
+          f"--checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_{m}",
+          f"runs/dec_attack_{m}", ("attacks.json",)) for m in ("mod_plain", "mod_decoder_hardened")],
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
         "python evaluate.py --model=runs/mod_noise", "runs/mod_noise", commit="881bcdd"),
 ]
