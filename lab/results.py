@@ -61,7 +61,9 @@ RUNS = [
         "runs/never_learned"),
     Run("eval_random_unet", "1.1", "python evaluate.py --unet=random --name=random_unet", "runs/random_unet"),
     Run("quickstart_s0", "2.1", "python nft_train.py --name=quickstart_s0", "runs/quickstart_s0"),
-    Run("compare", "3.1", "python -m lab.compare --defences=patronus,safepatch,moderator", "runs/compare",
+    Run("compare", "3.1", "python -m lab.compare", "runs/compare", ("compare.json", "attacks.json")),
+    Run("compare_full", "3.3", "python -m lab.compare --suite=full --only=finetune_unet,swap_decoder+finetune_unet,"
+        "remove_filter --optimizers=adam --lrs=1e-4 --name=compare_full", "runs/compare_full",
         ("compare.json", "attacks.json")),
     Run("safepatch", "3.6", "python -m lab.baselines --baseline=safepatch && python evaluate.py --model=runs/safepatch",
         "runs/safepatch"),
@@ -104,6 +106,24 @@ RUNS = [
     *[Run(f"dec_attack_{m}", "6.2", f"python attack.py --model=runs/{m} --attack=finetune_decoder --steps=1000 "
           f"--checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_{m}",
           f"runs/dec_attack_{m}", ("attacks.json",)) for m in ("mod_plain", "mod_decoder_hardened")],
+    Run("ideal", "4.1", "python -m lab.suites --model=runs/patronus --suite=ideal --name=ideal", "runs/ideal",
+        ("attacks.json", "suite.json")),
+    Run("wide_rmsprop", "4.6", "python -m lab.suites --model=runs/patronus --suite=wide --only=finetune_unet,"
+        "swap_decoder+finetune_unet --benign=false --optimizers=rmsprop --lrs=1e-4,1e-3 --name=wide_rmsprop",
+        "runs/wide_rmsprop", ("attacks.json", "suite.json")),
+    *[Run(f"lora_r{r}_{a.replace('+', '_')}_{lr}", "4.7", f"python attack.py --model=runs/patronus --attack={a} "
+          f"--rank={r} --lr={lr} --steps=1000 --checkpoints=0,50,100,200,500,1000 --save=false "
+          f"--name=lora_r{r}_{a.replace('+', '_')}_{lr}", f"runs/lora_r{r}_{a.replace('+', '_')}_{lr}",
+          ("attacks.json",)) for a in ("lora_unet", "swap_decoder+lora_unet") for lr in ("1e-3", "1e-2")
+      for r in (16, 64)],
+    *[Run(name, "4.8", "python attack.py --model=runs/patronus --attack=swap_decoder+finetune_unet --save=false "
+          f"{opts} --name={name}", f"runs/{name}", ("attacks.json",)) for name, opts in (
+        ("latents_mean", "--checkpoints=0,100,300 --latents=mean"),
+        ("latents_sample", "--checkpoints=0,100,300 --latents=sample"),
+        ("mean_noclip", "--lr=1e-3 --steps=1000 --checkpoints=0,50,100,200,500,1000"),
+        ("sample_clip", "--lr=1e-3 --steps=1000 --checkpoints=0,50,100,200,500,1000 --latents=sample --clip_grad=1.0"))],
+    Run("text", "4.9", "python -m lab.suites --model=runs/patronus --suite=text --name=text", "runs/text",
+        ("attacks.json", "suite.json")),
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
         "python evaluate.py --model=runs/mod_noise", "runs/mod_noise", commit="881bcdd"),
 ]
