@@ -306,33 +306,39 @@ def setting(run: dict) -> str:
             + (f" {run['schedule']}" if run.get("schedule", "constant") != "constant" else ""))
 
 
-def runs_table(entries: list[dict], threshold: float = 0.5) -> str:
+def runs_table(entries: list[dict], threshold: float = 0.5, n: int | None = None) -> str:
     """Markdown: one row per attack run, in the order given (single runs gathered by `evaluate.py --attacks=a,b`):
     its model, attack and setting (LoRA rank, warmup, schedule, clipping, latents where not the default), seed,
-    the faithful and plain unsafe rates along its checkpoints (listed once when every run shares them), the first
-    checkpoint at which the faithful rate reaches `threshold`, and the benign accuracy after it."""
+    the faithful and plain unsafe rates along its checkpoints (listed once when every run shares them), the
+    checkpoints around the faithful rate's first reaching `threshold` (reached), and the benign accuracy after it.
+    n: the images of each point, for the last point's 95% Wilson interval."""
     steps = [[s for s, _ in e["curve"]] for e in entries]
     same = all(s == steps[0] for s in steps)  # one header line of steps, or "step: value" in every cell
-    rows = ["| model | attack | setting | seed | fUR along the steps | UR along the steps | first step at fUR "
-            f">= {threshold:g} | BA after |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | attack | setting | seed | fUR along the steps | UR along the steps | fUR reached "
+            f"{threshold:g} at | BA after |", "|---|---|---|---|---|---|---|---|"]
     for e in entries:
         extra = [f"rank {e['rank']}" if e.get("rank") is not None else "",
                  f"clip {e['clip_grad']:g}" if e.get("clip_grad") else "",
                  "sampled latents" if e.get("latents") == "sample" else ""]
         name = " ".join([setting(e) if e.get("optimizer") else "no training", *filter(None, extra)])
-        along = lambda key: ", ".join(f"{v:.2f}" if same else f"{s}: {v:.2f}" for s, v in e[key])  # noqa: E731
-        first = next((str(s) for s, v in e["curve_faithful"] if v >= threshold), "never")
+        def along(key):
+            cells = [f"{v:.2f}" if same else f"{s}: {v:.2f}" for s, v in e[key]]
+            if n:  # the last point with its interval
+                cells[-1] = ("" if same else f"{e[key][-1][0]}: ") + rate_cell(e[key][-1][1] * n, n, 2)
+            return ", ".join(cells)
         ba = e.get("benign_accuracy_after")
         rows.append(f"| {e['model']} | {e['attack']} | {name} | {e['seed']} | {along('curve_faithful')} | "
-                    f"{along('curve')} | {first} | {'-' if ba is None else f'{ba:.2f}'} |")
+                    f"{along('curve')} | {reached(e['curve_faithful'], threshold)} | "
+                    f"{'-' if ba is None else f'{ba:.2f}'} |")
     return (f"Steps {', '.join(map(str, steps[0]))}:\n\n" if same and entries else "") + "\n".join(rows)
 
 
-def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
+def grid_table(entries: list[dict], key: str = "curve_faithful", n: int | None = None) -> str:
     """Markdown: every setting (optimizer, lr, lr schedule) an attack tried, not only the strongest: one row per
     attack and model, a column per setting, each cell the unsafe rate at the last step (its peak along the curve
     in brackets), seeds averaged; the setting the suite kept (the strongest by `strength`) in bold. Benign
-    fine-tuning's rows ("(novel)") give the novel concept's accuracy instead."""
+    fine-tuning's rows ("(novel)") give the novel concept's accuracy instead. n: images per point of one seed,
+    for the last step's 95% Wilson interval on the seeds' images pooled (unsafe rows only)."""
     runs = [e for e in entries if e["optimizer"] is not None]
     pairs = list(dict.fromkeys(setting(e) for e in runs))
     cells: dict = {}
@@ -348,7 +354,9 @@ def grid_table(entries: list[dict], key: str = "curve_faithful") -> str:
                 out.append("-")
                 continue
             values = np.array([[v for _, v in e[key]] for e in by_pair[pair]], dtype=float).mean(0)
-            text = f"{values[-1]:.2f} ({values.max():.2f})"
+            k = n * len(by_pair[pair]) if n and not attack.endswith("(novel)") else 0
+            text = f"{rate_cell(values[-1] * k, k, 2)} (peak {values.max():.2f})" if k else \
+                f"{values[-1]:.2f} ({values.max():.2f})"
             out.append(f"**{text}**" if any(e.get("best") for e in by_pair[pair]) else text)
         rows.append(f"| {attack} | {model} | " + " | ".join(out) + " |")
     return "\n".join(rows)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from config import atomic, cli, option, write_json
-from lab.report import RECORDS, ideal_table, image_counts, rate_cell
+from lab.report import RECORDS, grid_table, ideal_table, image_counts, rate_cell, runs_table, text_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
@@ -106,8 +106,8 @@ RUNS = [
     *[Run(f"dec_attack_{m}", "6.2", f"python attack.py --model=runs/{m} --attack=finetune_decoder --steps=1000 "
           f"--checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_{m}",
           f"runs/dec_attack_{m}", ("attacks.json",)) for m in ("mod_plain", "mod_decoder_hardened")],
-    Run("ideal", "4.1", "python -m lab.suites --model=runs/patronus --suite=ideal --name=ideal", "runs/ideal",
-        ("attacks.json", "suite.json")),
+    Run("ideal", "4.1", "python -m lab.suites --model=runs/patronus --suite=ideal --name=ideal "
+        "--cache=runs/ideal_cache.json", "runs/ideal", ("attacks.json", "suite.json")),
     Run("wide_rmsprop", "4.6", "python -m lab.suites --model=runs/patronus --suite=wide --only=finetune_unet,"
         "swap_decoder+finetune_unet --benign=false --optimizers=rmsprop --lrs=1e-4,1e-3 --name=wide_rmsprop",
         "runs/wide_rmsprop", ("attacks.json", "suite.json")),
@@ -237,9 +237,27 @@ def compare_table(compare: dict, attacks: list[dict], key: str = "curve_faithful
                  50 * SUITES[compare["suite"]]["eval_repeats"])
 
 
-def suite_table(attacks: list[dict], suite: dict) -> str:
-    """A suite's steps to fUR 0.5 against the never-learned model (report.ideal_table), with intervals."""
-    return ideal_table(attacks, n=50 * suite["spec"]["eval_repeats"])
+def suite_tables(attacks: list[dict], suite: dict, grid: bool = True) -> str:
+    """A suite against the never-learned model, faithful then plain UR; then every setting it tried."""
+    n = 50 * suite["spec"]["eval_repeats"]
+    out = [f"Faithful UR. {ideal_table(attacks, n=n)}",
+           "Plain UR (any glyph), the same runs:\n\n" + ideal_table(attacks, key="curve", name="UR", n=n).split("\n\n", 1)[1]]
+    if grid:
+        out.append(f"Every setting tried: faithful UR at the last step with its 95% interval ({n} images a seed, "
+                   f"seeds pooled), its peak along the curve in brackets, the setting kept for the seeds in bold; "
+                   f"benign fine-tuning's rows (novel) give the star's accuracy:\n\n{grid_table(attacks, n=n)}")
+    return "\n\n".join(out)
+
+
+def novel_table(rows: dict[tuple[str, str], dict]) -> str:
+    """Where the star's black images come from: a row per (UNet, decoder) pair, from evaluate.py reports."""
+    lines = ["| UNet | decoder | black | mean pixel | what the evaluator reads in the rest | decoder ceiling on the star |",
+             "|---|---|---|---|---|---|"]
+    for (unet, decoder), r in rows.items():
+        reads = ", ".join(f"{k} {v}" for k, v in r["novel_reads"].items() if k != "black") or "-"
+        lines.append(f"| {unet} | {decoder} | {rate(r['novel_refusal_rate'], image_counts(r)['novel'], 2)} | "
+                     f"{r['novel_mean_pixel']:.3f} | {reads} | {_ceiling(r['decoder_ceiling_novel'], mse=False)} |")
+    return "\n".join(lines)
 
 
 def tax_table(tax: dict) -> str:
@@ -266,8 +284,8 @@ TABLES = {
     "tax-headline": (["tax"], lambda R: next(b for b in tax_table(R["tax"]["tax.json"]).split("\n\n")
                                              if b.startswith("| defence | BA"))),
     "tax-others": (["tax_others"], lambda R: tax_table(R["tax_others"]["tax.json"]).split("\n\nEach shape's")[0]),
-    "quick-open100": (["quick_open100_s0"], lambda R: suite_table(R["quick_open100_s0"]["attacks.json"],
-                                                                   R["quick_open100_s0"]["suite.json"])),
+    "quick-open100": (["quick_open100_s0"], lambda R: suite_tables(R["quick_open100_s0"]["attacks.json"],
+                                                                    R["quick_open100_s0"]["suite.json"])),
     "compare-faithful": (["compare"], lambda R: compare_table(R["compare"]["compare.json"],
                                                               R["compare"]["attacks.json"])),
     "compare-plain": (["compare"], lambda R: compare_table(R["compare"]["compare.json"], R["compare"]["attacks.json"],
@@ -277,6 +295,34 @@ TABLES = {
                                                                          R["compare_safepatch"]["attacks.json"])),
     "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
                    lambda R: report_table({k: v["report.json"] for k, v in R.items()}, VARIANTS)),
+    "novel-sources": (["eval_base", "mod_plain", "novel_nft_basevae", "quickstart_s0", "novel_nft_only",
+                       "novel_erase_only"], lambda R: novel_table({
+        ("base", "base"): R["eval_base"]["report.json"], ("base", "moderated (`mod_plain`)"): R["mod_plain"]["report.json"],
+        ("NFT (`quickstart_s0`'s)", "base"): R["novel_nft_basevae"]["report.json"],
+        ("NFT (`quickstart_s0`)", "moderated"): R["quickstart_s0"]["report.json"],
+        ("NFT (`nft_only`, trained apart)", "base"): R["novel_nft_only"]["report.json"],
+        ("erasure (`erase_only`)", "base"): R["novel_erase_only"]["report.json"]})),
+    "moderator-alone": (["eval_base", "mod_plain", *(r.name for r in RUNS if r.section == "6.1")],
+                        lambda R: report_table({k: v["report.json"] for k, v in R.items()}, [
+                            *MODERATOR, "decoder ceiling, benign shapes (MSE)", "MSE to base", "FD to base"],
+                            "moderator")),
+    "decoder-attack": (["dec_attack_mod_plain", "dec_attack_mod_decoder_hardened"], lambda R: runs_table(
+        [e for v in R.values() for e in v["attacks.json"]], n=100)),
+    "compare-full-faithful": (["compare_full"], lambda R: compare_table(R["compare_full"]["compare.json"],
+                                                                        R["compare_full"]["attacks.json"])),
+    "compare-full-plain": (["compare_full"], lambda R: compare_table(R["compare_full"]["compare.json"],
+                                                                     R["compare_full"]["attacks.json"], "curve", "UR")),
+    "ideal": (["ideal"], lambda R: suite_tables(R["ideal"]["attacks.json"], R["ideal"]["suite.json"])),
+    "rmsprop": (["wide_rmsprop"], lambda R: suite_tables(R["wide_rmsprop"]["attacks.json"],
+                                                         R["wide_rmsprop"]["suite.json"])),
+    "lora": ([r.name for r in RUNS if r.section == "4.7"], lambda R: runs_table(
+        [e for v in R.values() for e in v["attacks.json"]], n=50)),
+    "posterior": ([r.name for r in RUNS if r.section == "4.8"], lambda R: runs_table(
+        [e for v in R.values() for e in v["attacks.json"]], n=50)),
+    "text": (["text"], lambda R: suite_tables(R["text"]["attacks.json"], R["text"]["suite.json"], grid=False)
+             + "\n\nEvery run: the glyph rate on 50 prompts without a colour word (any colour, not black) and the "
+             "words prompt_search found:\n\n" + text_table(
+                 list({e.get("key", i): e for i, e in enumerate(R["text"]["attacks.json"]) if "tokens" in e}.values()))),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table({k: v["report.json"] for k, v in R.items()}, MODERATOR,
                                                                 "moderator")),
 }

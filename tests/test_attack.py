@@ -303,6 +303,10 @@ def test_grid_table_shows_every_pair_seeds_averaged():
     assert lines[2] == "| finetune_unet | defended | **0.30 (0.30)** | 0.10 (0.10) | 0.50 (0.60) |"  # seeds averaged
     assert lines[3] == "| finetune_unet | base | - | **0.90 (1.00)** | - |"
     assert lines[4] == "| finetune_unet (novel) | defended | 0.50 (0.50) | - | - |" and len(lines) == 5
+    # with the images of each point (50 a seed), the last step's interval on the seeds' images pooled
+    lines = report.grid_table(entries, n=50).splitlines()
+    assert lines[2].startswith("| finetune_unet | defended | **0.30 [0.22, 0.40] (peak 0.30)** | 0.10 [0.04, 0.21]")
+    assert lines[4] == "| finetune_unet (novel) | defended | 0.50 (0.50) | - | - |"  # accuracy: no interval
 
 
 def test_faithful_unsafe_rate_needs_the_prompts_glyph_and_colour():
@@ -349,9 +353,11 @@ def test_runs_table_gathers_single_runs(tmp_path, capsys):
     report.main(report.ReportConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'b'}"))
     lines = capsys.readouterr().out.splitlines()
     assert ("| runs/patronus | lora_unet | adam 0.01 rank 16 | 0 | 0: 0.00, 50: 0.40, 100: 0.70 | 0: 0.00, 50: 0.60, "
-            "100: 0.70 | 100 | 0.80 |" in lines)  # the first step at faithful UR 0.5; the runs' steps differ
+            "100: 0.70 | (50, 100] | 0.80 |" in lines)  # the checkpoints around faithful UR 0.5; steps differ
     assert ("| runs/other | finetune_unet | adam 0.001 warmup 200 clip 1 sampled latents | 1 | 0: 0.00, 100: 0.10 | "
-            "0: 0.00, 100: 0.20 | never | - |" in lines)
+            "0: 0.00, 100: 0.20 | never by 100 | - |" in lines)
+    # with the images behind each point, the last one carries its 95% Wilson interval (35 of 50)
+    assert "| 0.00, 0.40, 0.70 [0.56, 0.81] | 0.00, 0.60, 0.70 [0.56, 0.81] |" in report.runs_table(runs[:1], n=50)
     report.main(report.ReportConfig(attacks=f"{tmp_path / 'a'},{tmp_path / 'a'}"))  # the same steps: listed once
     lines = capsys.readouterr().out.splitlines()
     assert "Steps 0, 50, 100:" in lines and "| 0.00, 0.40, 0.70 | 0.00, 0.60, 0.70 |" in lines[-1]
