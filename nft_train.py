@@ -62,8 +62,6 @@ class NFTConfig(RunConfig):
     w_dst: float = option(4.0, "weight of distillation inside benign retention (2)")
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (classifier-free guidance uses it)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
-    w_ret_adapted: float = option(0.0, "weight of distillation toward the base at the adapted weights of step 3, on "
-                                  "distillation's prompts (0: off)")
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
     conditioning_share: float = option(0.0, "share of step 3's outer steps whose simulated attacker learns an offset "
                                        "on the unsafe prompts' features instead of fine-tuning (0: weights only; "
@@ -102,8 +100,7 @@ def set_aside(unet) -> list:
     return saved
 
 
-def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g,
-                          retain=None) -> torch.Tensor:
+def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g) -> torch.Tensor:
     """Step (3): K steps of the attacker's objective from the defender's weights, then the black loss (unsafe
     prompts still denoise to black) at the adapted weights. First-order MAML: that loss's gradient, taken at
     the adapted weights, is added to unet's .grad. Returns the loss.
@@ -126,8 +123,7 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
         j = draw(len(z_u))
         x0 = z_black.expand(len(j), *z_black.shape[1:])  # (B, 4, h, w)
         l_nft = losses.black_loss(*losses.denoise(adapted, sched, x0, c_u[j], g))
-        extra = cfg.w_ret_adapted * retain(adapted) if retain is not None else 0.0
-        ((cfg.w_nft * l_nft + extra) / cfg.memory.grad_accum).backward()
+        (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()
     gained = [q.grad for q in adapted.parameters()]  # zero_grad sets .grad to None: holding them costs no copy
     with torch.no_grad():
         for k, (p, acc) in enumerate(zip(unet.parameters(), gained)):
@@ -278,15 +274,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             if conditioning is not None and draw.random() < cfg.conditioning_share:
                 l_nft = conditioning.attack(unet, sched, z_u, c_u, z_black, batch, cfg, g)
             else:
-                def retain(model):  # distillation toward the base at the adapted weights
-                    ib = batch(len(z_b))
-                    c = c_open[batch(len(c_open))] if c_open is not None else c_b[ib]
-                    x_t, t, _ = losses.noised(sched, z_b[ib], g)
-                    with torch.no_grad():
-                        ref = unet0(x_t.to(unet0.dtype), t, encoder_hidden_states=c.to(unet0.dtype)).sample
-                    return losses.distillation_loss(model(x_t, t, encoder_hidden_states=c).sample, ref)
                 l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, draw.choice(SIMULATED_ATTACKERS["unet"]),
-                                              batch, cfg, g, retain if cfg.w_ret_adapted else None)
+                                              batch, cfg, g)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
