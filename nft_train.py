@@ -62,8 +62,6 @@ class NFTConfig(RunConfig):
     w_dst: float = option(4.0, "weight of distillation inside benign retention (2)")
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (classifier-free guidance uses it)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
-    project_nft: bool = option(False, "remove from step 3's gradient its component against retention's (2) "
-                               "gradient when they conflict (gradient surgery)")
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
     conditioning_share: float = option(0.0, "share of step 3's outer steps whose simulated attacker learns an offset "
                                        "on the unsafe prompts' features instead of fine-tuning (0: weights only; "
@@ -102,8 +100,7 @@ def set_aside(unet) -> list:
     return saved
 
 
-def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g,
-                          keep=None) -> torch.Tensor:
+def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: NFTConfig, g) -> torch.Tensor:
     """Step (3): K steps of the attacker's objective from the defender's weights, then the black loss (unsafe
     prompts still denoise to black) at the adapted weights. First-order MAML: that loss's gradient, taken at
     the adapted weights, is added to unet's .grad. Returns the loss.
@@ -129,11 +126,6 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
         (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()
     gained = [q.grad for q in adapted.parameters()]  # zero_grad sets .grad to None: holding them costs no copy
     with torch.no_grad():
-        if keep is not None:  # the part of (3)'s gradient that works against retention's gradient `keep`, removed
-            dot = sum((a * k).sum() for a, k in zip(gained, keep))
-            if dot < 0:
-                scale = dot / sum((k * k).sum() for k in keep)
-                gained = [a - scale * k for a, k in zip(gained, keep)]
         for k, (p, acc) in enumerate(zip(unet.parameters(), gained)):
             if saved is None:
                 p.grad += acc
@@ -274,13 +266,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_sup[iu], z_b[ib], c_b[ib], c_dst,
                                                c_empty, g)  # (1) suppression and (2) retention
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]
-            if cfg.project_nft and step >= cfg.unlearn_steps:  # retention's gradient alone first, kept for (3)
-                (cfg.w_ret * (l_ret + cfg.w_dst * l_dst) / cfg.memory.grad_accum).backward(retain_graph=True)
-                keep = [p.grad.clone() for p in unet.parameters()]
-                (cfg.w_sup * l_sup / cfg.memory.grad_accum).backward()
-            else:
-                keep = None
-                ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.memory.grad_accum).backward()
+            ((cfg.w_sup * l_sup + cfg.w_ret * (l_ret + cfg.w_dst * l_dst)) / cfg.memory.grad_accum).backward()
         l_nft = torch.zeros(())
         if step >= cfg.unlearn_steps:
             # (3) simulated fine-tuning with a sampled optimizer and learning rate, or the conditioning attacker
@@ -289,7 +275,7 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
                 l_nft = conditioning.attack(unet, sched, z_u, c_u, z_black, batch, cfg, g)
             else:
                 l_nft = simulated_fine_tuning(unet, sched, z_u, c_u, z_black, draw.choice(SIMULATED_ATTACKERS["unet"]),
-                                              batch, cfg, g, keep)
+                                              batch, cfg, g)
         # (4) outer update
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()

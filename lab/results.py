@@ -126,6 +126,8 @@ RUNS = [
         ("attacks.json", "suite.json")),
     Run("reta4_nft", "9", "python nft_train.py --moderator.kind=off --w_ret_adapted=4 --name=reta4_nft",
         "runs/reta4_nft", commit="715c479"),
+    Run("proj_nft", "9", "python nft_train.py --moderator.kind=off --project_nft=true --name=proj_nft",
+        "runs/proj_nft", commit="933c771"),
     Run("attack_nft_only", "9", "python attack.py --model=runs/nft_only --checkpoints=0,100,300 --save=false "
         "--name=attack_nft_only", "runs/attack_nft_only", ("attacks.json",)),
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
@@ -327,9 +329,10 @@ TABLES = {
              + "\n\nEvery run: the glyph rate on 50 prompts without a colour word (any colour, not black) and the "
              "words prompt_search found:\n\n" + text_table(
                  list({e.get("key", i): e for i, e in enumerate(R["text"]["attacks.json"]) if "tokens" in e}.values()))),
-    "ret-adapted": (["novel_nft_only", "attack_nft_only", "reta4_nft"], lambda R: report_table({
+    "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft"], lambda R: report_table({
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
-        "reta4_nft": R["reta4_nft"]["report.json"]}, [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
+        "reta4_nft": R["reta4_nft"]["report.json"], "proj_nft": R["proj_nft"]["report.json"]},
+        [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table({k: v["report.json"] for k, v in R.items()}, MODERATOR,
                                                                 "moderator")),
 }
