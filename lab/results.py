@@ -124,6 +124,23 @@ RUNS = [
         ("sample_clip", "--lr=1e-3 --steps=1000 --checkpoints=0,50,100,200,500,1000 --latents=sample --clip_grad=1.0"))],
     Run("text", "4.9", "python -m lab.suites --model=runs/patronus --suite=text --name=text", "runs/text",
         ("attacks.json", "suite.json")),
+    # runs of the sections still pasted (the tables' renderers join TABLES once the runs are recorded)
+    Run("compare_text", "3.5", "python -m lab.compare --suite=text --lrs=0.1 --name=compare_text",
+        "runs/compare_text", ("compare.json", "attacks.json")),
+    Run("full", "4.4", "python -m lab.suites --model=runs/patronus --suite=full --name=full "
+        "--cache=runs/ideal_cache.json", "runs/full", ("attacks.json", "suite.json")),
+    Run("cond_s0", "4.10", "python nft_train.py --conditioning_share=0.25 --name=cond_s0", "runs/cond_s0"),
+    *[Run(f"cond_emb_s{s}", "4.10", f"python attack.py --model=runs/cond_s0 --attack=swap_decoder+embedding --lr=0.1 "
+          f"--steps=200 --checkpoints=0,50,100,200 --n_images=512 --seed={s} --save=false --name=cond_emb_s{s}",
+          f"runs/cond_emb_s{s}", ("attacks.json",)) for s in (0, 1)],
+    *[Run(f"mod_{k}", "6.3", f"python nft_train.py --moderator.kind={k} --name=mod_{k}", f"runs/mod_{k}")
+      for k in ("text", "both")],
+    *[Run(f"parts_{m}_{a.replace('+', '_')}", "6.3", f"python attack.py --model=runs/{m} --attack={a} "
+          + ("--steps=0 --checkpoints=0" if a == "swap_text_encoder" else "--steps=300 --checkpoints=0,100,300")
+          + f" --save=false --name=parts_{m}_{a.replace('+', '_')}", f"runs/parts_{m}_{a.replace('+', '_')}",
+          ("attacks.json",)) for m in ("patronus", "mod_text", "mod_both")
+      for a in ("swap_text_encoder", "finetune_text_encoder", "swap_decoder+finetune_unet",
+                "swap_text_encoder+finetune_unet")],
     Run("reta4_nft", "9", "python nft_train.py --moderator.kind=off --w_ret_adapted=4 --name=reta4_nft",
         "runs/reta4_nft", commit="715c479"),
     Run("proj_nft", "9", "python nft_train.py --moderator.kind=off --project_nft=true --name=proj_nft",
