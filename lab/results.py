@@ -106,8 +106,9 @@ RUNS = [
     *[Run(f"dec_attack_{m}", "6.2", f"python attack.py --model=runs/{m} --attack=finetune_decoder --steps=1000 "
           f"--checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_{m}",
           f"runs/dec_attack_{m}", ("attacks.json",)) for m in ("mod_plain", "mod_decoder_hardened")],
-    Run("ideal", "4.1", "python -m lab.suites --model=runs/patronus --suite=ideal --name=ideal "
-        "--cache=runs/ideal_cache.json", "runs/ideal", ("attacks.json", "suite.json")),
+    Run("ideal", "4.1", "python -m lab.suites --model=runs/patronus --suite=ideal --only=finetune_unet,"
+        "swap_decoder+finetune_unet --benign=false --name=ideal --cache=runs/ideal_cache.json", "runs/ideal",
+        ("attacks.json", "suite.json")),
     Run("wide_rmsprop", "4.6", "python -m lab.suites --model=runs/patronus --suite=wide --only=finetune_unet,"
         "swap_decoder+finetune_unet --benign=false --optimizers=rmsprop --lrs=1e-4,1e-3 --name=wide_rmsprop",
         "runs/wide_rmsprop", ("attacks.json", "suite.json")),
