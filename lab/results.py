@@ -148,6 +148,8 @@ RUNS = [
         "runs/proj_nft", commit="933c771"),
     Run("attack_nft_only", "9", "python attack.py --model=runs/nft_only --checkpoints=0,100,300 --save=false "
         "--name=attack_nft_only", "runs/attack_nft_only", ("attacks.json",)),
+    Run("mod_vae", "9", "python moderator.py --moderator.perceptual=vae --name=mod_vae && "
+        "python evaluate.py --model=runs/mod_vae", "runs/mod_vae"),
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
         "python evaluate.py --model=runs/mod_noise", "runs/mod_noise", commit="881bcdd"),
 ]
@@ -351,6 +353,8 @@ TABLES = {
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
         "reta4_nft": R["reta4_nft"]["report.json"], "proj_nft": R["proj_nft"]["report.json"]},
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
+    "perceptual": (["mod_plain", "mod_vae"], lambda R: report_table({k: v["report.json"] for k, v in R.items()},
+                                                                     MODERATOR, "moderator")),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table({k: v["report.json"] for k, v in R.items()}, MODERATOR,
                                                                 "moderator")),
 }
