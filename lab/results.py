@@ -103,6 +103,8 @@ RUNS = [
         ("mod_decoder_hardened", "--moderator.harden=true --moderator.steps=300"),
         ("modonly_text", "--moderator.kind=text"),
         ("modonly_both", "--moderator.kind=both --moderator.harden=true --moderator.steps=300"))],
+    *[Run(f"mod_plain_s{s}", "6.1", f"python moderator.py --seed={s} --name=mod_plain_s{s} && "
+          f"python evaluate.py --model=runs/mod_plain_s{s} --seed={s}", f"runs/mod_plain_s{s}") for s in (1, 2)],
     *[Run(f"dec_attack_{m}", "6.2", f"python attack.py --model=runs/{m} --attack=finetune_decoder --steps=1000 "
           f"--checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_{m}",
           f"runs/dec_attack_{m}", ("attacks.json",)) for m in ("mod_plain", "mod_decoder_hardened")],
@@ -328,7 +330,7 @@ TABLES = {
         ("NFT (`quickstart_s0`)", "moderated"): R["quickstart_s0"]["report.json"],
         ("NFT (`nft_only`, trained apart)", "base"): R["novel_nft_only"]["report.json"],
         ("erasure (`erase_only`)", "base"): R["novel_erase_only"]["report.json"]})),
-    "moderator-alone": (["eval_base", "mod_plain", *(r.name for r in RUNS if r.section == "6.1")],
+    "moderator-alone": (["eval_base", "mod_plain", *(r.name for r in RUNS if r.section == "6.1" and "_s" not in r.name)],
                         lambda R: report_table({k: v["report.json"] for k, v in R.items()}, [
                             *MODERATOR, "decoder ceiling, benign shapes (MSE)", "MSE to base", "FD to base"],
                             "moderator")),
