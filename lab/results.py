@@ -334,6 +334,8 @@ TABLES = {
                         lambda R: report_table({k: v["report.json"] for k, v in R.items()}, [
                             *MODERATOR, "decoder ceiling, benign shapes (MSE)", "MSE to base", "FD to base"],
                             "moderator")),
+    "moderator-seeds": (["mod_plain", "mod_plain_s1", "mod_plain_s2"], lambda R: report_table(
+        {k: v["report.json"] for k, v in R.items()}, MODERATOR, "moderator")),
     "decoder-attack": (["dec_attack_mod_plain", "dec_attack_mod_decoder_hardened"], lambda R: runs_table(
         [e for v in R.values() for e in v["attacks.json"]], n=100)),
     "compare-full-faithful": (["compare_full"], lambda R: compare_table(R["compare_full"]["compare.json"],
