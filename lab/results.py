@@ -89,7 +89,7 @@ RUNS = [
     Run("tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
     Run("tax_others", "7.4", "python -m lab.tax --defences=filter,safetext,esd,erase,moderator,nft --seeds=0 "
         "--holdouts=ring --name=tax_others", "runs/tax_others", ("tax.json",)),
-    Run("quick_open100_s0", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
+    Run("quick_open100_s0", "4.2", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
         "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
     Run("mod_plain", "9", "python moderator.py --name=mod_plain && python evaluate.py --model=runs/mod_plain",
         "runs/mod_plain"),
