@@ -460,6 +460,13 @@ def record(run: Run, seconds: float | None = None, note: str = "", threads: int 
     return results / run.name
 
 
+def clear_outputs(run: Run) -> None:
+    """Remove the files a run's record copies from its folder before it runs, so that a command that appends
+    (attack.py adds to attacks.json) or one stopped half-way does not leave its older entries in the record."""
+    for f in run.files:
+        (ROOT / run.folder / f).unlink(missing_ok=True)
+
+
 def campaign(sections: list[str], rerun: bool) -> None:
     """Run every selected run that has no record (all with rerun), record it, then rewrite RESULTS.md."""
     todo = [r for r in RUNS if "all" in sections or r.section in sections]
@@ -476,6 +483,7 @@ def campaign(sections: list[str], rerun: bool) -> None:
                   f"and `{run.command}`, then `python -m lab.results --record={run.name}`; skipped")
             continue
         print(f"{run.name} (section {run.section}): {run.command}", flush=True)
+        clear_outputs(run)
         t0 = time.time()
         # `python` is this interpreter (the virtual environment that runs the campaign)
         subprocess.run(re.sub(r"(^|&& )python ", lambda m: f"{m[1]}{sys.executable} ", run.command), shell=True,

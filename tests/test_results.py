@@ -72,6 +72,17 @@ def test_recording_needs_the_runs_files(tmp_path):
         results.campaign(["99"], rerun=False)
 
 
+def test_a_run_starts_its_outputs_anew(tmp_path, monkeypatch):
+    # attack.py appends to attacks.json: a second run in the same folder would record both runs' entries
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "attacks.json").write_text("[{}]")
+    (tmp_path / "runs" / "a" / "grid.png").write_text("kept")
+    results.clear_outputs(results.Run("a", "0.1", "python attack.py --name=a", "runs/a", ("attacks.json",)))
+    assert not (tmp_path / "runs" / "a" / "attacks.json").exists() and (tmp_path / "runs" / "a" / "grid.png").exists()
+    results.clear_outputs(results.Run("b", "0.1", "python attack.py --name=b", "runs/b", ("attacks.json",)))  # none yet
+
+
 def test_the_tax_table_is_written_from_its_record_alone():
     tax = json.loads((results.RESULTS_DIR / "tax" / "tax.json").read_text())
     assert "reports" not in tax  # the evaluation cache stays in runs/
