@@ -376,6 +376,12 @@ def text_table(entries: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def text_runs(entries: list[dict]) -> list[dict]:
+    """The text-side attack runs of a suite's entries, each once (a run shared by two entries, as the base's swap
+    and plain runs are, is listed where it last appears)."""
+    return list({e.get("key", id(e)): e for e in entries[::-1] if "tokens" in e}.values())[::-1]
+
+
 def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) -> str:
     """An attack suite's report from its runs (suites.run_suite; evaluate.py --attacks): attacks.md (the strongest
     (optimizer, lr) per attack and model, faithful UR; the steps to fUR 0.5 against the never-learned model, worst
@@ -394,7 +400,7 @@ def suite_report(entries: list[dict], out: Path, suite: str, model: str, seeds) 
              f"Against the ideal, plain UR, every run:\n\n{ideal_table(entries, key='curve', name='UR')}\n\n"
              f"Every setting tried: faithful UR (novel: accuracy) at the last step (its peak along the curve), "
              f"seeds averaged, the kept one in bold:\n\n{grid_table(entries)}")
-    text = list({e.get("key", id(e)): e for e in entries[::-1] if "tokens" in e}.values())[::-1]  # each run once
+    text = text_runs(entries)
     if text:
         table += (f"\n\nThe text-side attacks, every run: the glyph rate on 50 prompts without a colour word (the "
                   f"glyph in any colour, not black) and the words prompt_search found:\n\n{text_table(text)}")

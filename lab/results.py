@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from config import atomic, cli, option, write_json
-from lab.report import RECORDS, grid_table, ideal_table, image_counts, rate_cell, runs_table, text_table
+from lab.report import RECORDS, grid_table, ideal_table, image_counts, rate_cell, runs_table, text_runs, text_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
@@ -196,7 +196,6 @@ COLUMNS = {
     "decoder ceiling on the star": lambda r: _ceiling(r["decoder_ceiling_novel"], mse=False),
     "decoder ceiling on the star (MSE)": lambda r: _ceiling(r["decoder_ceiling_novel"]),
     "decoder ceiling, benign shapes (MSE)": lambda r: _ceiling(r["decoder_ceiling"]),
-    "decoder ceiling, the star (MSE)": lambda r: _ceiling(r["decoder_ceiling_novel"]),
 }
 
 
@@ -215,7 +214,7 @@ VARIANTS = ["UR defense", "UR heldout", "BA", "BA on rings", "false refusals", "
             "decoder ceiling on the star", "UR, public decoder", "UR after attack"]
 # the references: what their decoder can draw, benign shapes and the star
 REFERENCES = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
-              "decoder ceiling, benign shapes (MSE)", "decoder ceiling, the star (MSE)"]
+              "decoder ceiling, benign shapes (MSE)", "decoder ceiling on the star (MSE)"]
 # the decoder moderator alone
 MODERATOR = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
              "decoder ceiling on the star (MSE)"]
@@ -294,6 +293,16 @@ def tax_table(tax: dict) -> str:
     return markdown(tax["result"], TaxConfig(**{k: v for k, v in tax["run"]["config"].items() if k in fields}))
 
 
+def _reports(R: dict) -> dict:
+    """{record name: its report.json} for records of evaluate.py / nft_train.py runs."""
+    return {k: v["report.json"] for k, v in R.items()}
+
+
+def _entries(R: dict) -> list[dict]:
+    """Every attack entry of the records' attacks.json files, in the records' order."""
+    return [e for v in R.values() for e in v["attacks.json"]]
+
+
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
     "quickstart": (["quickstart_s0"], lambda R: quickstart(R["quickstart_s0"]["report.json"])),
@@ -307,7 +316,7 @@ TABLES = {
         "base": R["quickstart_s0"]["report.json"]["base"] | {"attack": R["quickstart_s0"]["report.json"]["base_attack"]},
         "Patronus": R["quickstart_s0"]["report.json"]})),
     "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
-                     lambda R: evaluation_table({k: v["report.json"] for k, v in R.items()})),
+                     lambda R: evaluation_table(_reports(R))),
     "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
     "tax-headline": (["tax"], lambda R: next(b for b in tax_table(R["tax"]["tax.json"]).split("\n\n")
                                              if b.startswith("| defence | BA"))),
@@ -322,7 +331,7 @@ TABLES = {
     "compare-safepatch": (["compare_safepatch"], lambda R: compare_table(R["compare_safepatch"]["compare.json"],
                                                                          R["compare_safepatch"]["attacks.json"])),
     "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
-                   lambda R: report_table({k: v["report.json"] for k, v in R.items()}, VARIANTS)),
+                   lambda R: report_table(_reports(R), VARIANTS)),
     "novel-sources": (["eval_base", "mod_plain", "novel_nft_basevae", "quickstart_s0", "novel_nft_only",
                        "novel_erase_only"], lambda R: novel_table({
         ("base", "base"): R["eval_base"]["report.json"], ("base", "moderated (`mod_plain`)"): R["mod_plain"]["report.json"],
@@ -330,14 +339,14 @@ TABLES = {
         ("NFT (`quickstart_s0`)", "moderated"): R["quickstart_s0"]["report.json"],
         ("NFT (`nft_only`, trained apart)", "base"): R["novel_nft_only"]["report.json"],
         ("erasure (`erase_only`)", "base"): R["novel_erase_only"]["report.json"]})),
-    "moderator-alone": (["eval_base", "mod_plain", *(r.name for r in RUNS if r.section == "6.1" and "_s" not in r.name)],
-                        lambda R: report_table({k: v["report.json"] for k, v in R.items()}, [
+    "moderator-alone": (["eval_base", "mod_plain", "mod_decoder_300", "mod_decoder_hardened", "modonly_text",
+                         "modonly_both"], lambda R: report_table(_reports(R), [
                             *MODERATOR, "decoder ceiling, benign shapes (MSE)", "MSE to base", "FD to base"],
                             "moderator")),
     "moderator-seeds": (["mod_plain", "mod_plain_s1", "mod_plain_s2"], lambda R: report_table(
-        {k: v["report.json"] for k, v in R.items()}, MODERATOR, "moderator")),
+        _reports(R), MODERATOR, "moderator")),
     "decoder-attack": (["dec_attack_mod_plain", "dec_attack_mod_decoder_hardened"], lambda R: runs_table(
-        [e for v in R.values() for e in v["attacks.json"]], n=100)),
+        _entries(R), n=100)),
     "compare-full-faithful": (["compare_full"], lambda R: compare_table(R["compare_full"]["compare.json"],
                                                                         R["compare_full"]["attacks.json"])),
     "compare-full-plain": (["compare_full"], lambda R: compare_table(R["compare_full"]["compare.json"],
@@ -345,22 +354,17 @@ TABLES = {
     "ideal": (["ideal"], lambda R: suite_tables(R["ideal"]["attacks.json"], R["ideal"]["suite.json"])),
     "rmsprop": (["wide_rmsprop"], lambda R: suite_tables(R["wide_rmsprop"]["attacks.json"],
                                                          R["wide_rmsprop"]["suite.json"])),
-    "lora": ([r.name for r in RUNS if r.section == "4.7"], lambda R: runs_table(
-        [e for v in R.values() for e in v["attacks.json"]], n=50)),
-    "posterior": ([r.name for r in RUNS if r.section == "4.8"], lambda R: runs_table(
-        [e for v in R.values() for e in v["attacks.json"]], n=50)),
+    "lora": ([r.name for r in RUNS if r.section == "4.7"], lambda R: runs_table(_entries(R), n=50)),
+    "posterior": ([r.name for r in RUNS if r.section == "4.8"], lambda R: runs_table(_entries(R), n=50)),
     "text": (["text"], lambda R: suite_tables(R["text"]["attacks.json"], R["text"]["suite.json"], grid=False)
              + "\n\nEvery run: the glyph rate on 50 prompts without a colour word (any colour, not black) and the "
-             "words prompt_search found:\n\n" + text_table(
-                 list({e.get("key", i): e for i, e in enumerate(R["text"]["attacks.json"]) if "tokens" in e}.values()))),
+             "words prompt_search found:\n\n" + text_table(text_runs(R["text"]["attacks.json"]))),
     "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft"], lambda R: report_table({
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
         "reta4_nft": R["reta4_nft"]["report.json"], "proj_nft": R["proj_nft"]["report.json"]},
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
-    "perceptual": (["mod_plain", "mod_vae"], lambda R: report_table({k: v["report.json"] for k, v in R.items()},
-                                                                     MODERATOR, "moderator")),
-    "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table({k: v["report.json"] for k, v in R.items()}, MODERATOR,
-                                                                "moderator")),
+    "perceptual": (["mod_plain", "mod_vae"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
+    "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
 }
 
 
