@@ -125,7 +125,8 @@ RUNS = [
         ("latents_sample", "--checkpoints=0,100,300 --latents=sample"),
         ("mean_noclip", "--lr=1e-3 --steps=1000 --checkpoints=0,50,100,200,500,1000"),
         ("sample_clip", "--lr=1e-3 --steps=1000 --checkpoints=0,50,100,200,500,1000 --latents=sample --clip_grad=1.0"))],
-    Run("text", "4.9", "python -m lab.suites --model=runs/patronus --suite=text --seeds=0 --name=text", "runs/text",
+    Run("text", "4.9", "python -m lab.suites --model=runs/patronus --suite=text --name=text --cache=runs/text_cache.json",
+        "runs/text",
         ("attacks.json", "suite.json")),
     # runs of the sections still pasted (the tables' renderers join TABLES once the runs are recorded)
     Run("compare_text", "3.5", "python -m lab.compare --suite=text --lrs=0.1 --name=compare_text",
@@ -135,7 +136,7 @@ RUNS = [
     Run("cond_s0", "4.10", "python nft_train.py --conditioning_share=0.25 --name=cond_s0", "runs/cond_s0"),
     *[Run(f"cond_emb_s{s}", "4.10", f"python attack.py --model=runs/cond_s0 --attack=swap_decoder+embedding --lr=0.1 "
           f"--steps=200 --checkpoints=0,50,100,200 --n_images=512 --seed={s} --save=false --name=cond_emb_s{s}",
-          f"runs/cond_emb_s{s}", ("attacks.json",)) for s in (0, 1)],
+          f"runs/cond_emb_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
     *[Run(f"mod_{k}", "6.3", f"python nft_train.py --moderator.kind={k} --name=mod_{k}", f"runs/mod_{k}")
       for k in ("text", "both")],
     *[Run(f"parts_{m}_{a.replace('+', '_')}", "6.3", f"python attack.py --model=runs/{m} --attack={a} "
@@ -293,6 +294,17 @@ def tax_table(tax: dict) -> str:
     return markdown(tax["result"], TaxConfig(**{k: v for k, v in tax["run"]["config"].items() if k in fields}))
 
 
+def offset_entries(text: list[dict], cond: list[dict]) -> list[dict]:
+    """Section 4.10's runs: the offset attack behind the public decoder (Adam lr 1e-1) on today's default and the
+    never-learned model (the text suite's runs) and on the model trained with the conditioning attacker."""
+    runs = [e for e in text if e["attack"] == "swap_decoder+embedding" and e["lr"] == 0.1
+            and e["model"] in ("defended", "never_learned")]
+    label = {"defended": "runs/patronus", "never_learned": "never-learned"}
+    runs = sorted(runs, key=lambda e: (e["model"] != "defended", e["seed"]))
+    return [e | {"model": label[e["model"]]} for e in runs[:len(runs) // 2]] + cond + [
+        e | {"model": label[e["model"]]} for e in runs[len(runs) // 2:]]
+
+
 def _reports(R: dict) -> dict:
     """{record name: its report.json} for records of evaluate.py / nft_train.py runs."""
     return {k: v["report.json"] for k, v in R.items()}
@@ -363,6 +375,15 @@ TABLES = {
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
         "reta4_nft": R["reta4_nft"]["report.json"], "proj_nft": R["proj_nft"]["report.json"]},
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
+    "conditioning": (["quickstart_s0", "cond_s0"], lambda R: evaluation_table({
+        "default (`quickstart_s0`)": R["quickstart_s0"]["report.json"], "`cond_s0`": R["cond_s0"]["report.json"]})),
+    "conditioning-offset": (["text", "cond_emb_s0", "cond_emb_s1", "cond_emb_s2"], lambda R: runs_table(
+        offset_entries(R["text"]["attacks.json"], _entries({k: v for k, v in R.items() if k != "text"})), n=50)),
+    "text-moderator": (["quickstart_s0", "mod_text", "mod_both"], lambda R: evaluation_table({
+        "decoder (default, `quickstart_s0`)": R["quickstart_s0"]["report.json"],
+        "text (`mod_text`)": R["mod_text"]["report.json"], "both (`mod_both`)": R["mod_both"]["report.json"]})),
+    "text-moderator-parts": ([r.name for r in RUNS if r.name.startswith("parts_")], lambda R: runs_table(
+        _entries(R), n=50)),
     "perceptual": (["mod_plain", "mod_vae"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
 }
