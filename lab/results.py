@@ -137,6 +137,10 @@ RUNS = [
     *[Run(f"cond_emb_s{s}", "4.10", f"python attack.py --model=runs/cond_s0 --attack=swap_decoder+embedding --lr=0.1 "
           f"--steps=200 --checkpoints=0,50,100,200 --n_images=512 --seed={s} --save=false --name=cond_emb_s{s}",
           f"runs/cond_emb_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
+    *[Run(f"cond_s{s}", "4.10", f"python nft_train.py --conditioning_share=0.25 --seed={s} --name=cond_s{s}",
+          f"runs/cond_s{s}") for s in (1, 2)],
+    Run("quick_cond_s0", "4.10", "python -m lab.suites --model=runs/cond_s0 --suite=quick --benign=false "
+        "--name=quick_cond_s0", "runs/quick_cond_s0", ("attacks.json", "suite.json")),
     *[Run(f"mod_{k}", "6.3", f"python nft_train.py --moderator.kind={k} --name=mod_{k}", f"runs/mod_{k}")
       for k in ("text", "both")],
     *[Run(f"parts_{m}_{a.replace('+', '_')}", "6.3", f"python attack.py --model=runs/{m} --attack={a} "
@@ -151,6 +155,8 @@ RUNS = [
         "runs/proj_nft", commit="933c771"),
     Run("attack_nft_only", "9", "python attack.py --model=runs/nft_only --checkpoints=0,100,300 --save=false "
         "--name=attack_nft_only", "runs/attack_nft_only", ("attacks.json",)),
+    Run("kv_nft", "9", "python nft_train.py --moderator.kind=off --nft_params=cross_kv --name=kv_nft", "runs/kv_nft",
+        commit="cd7633d"),
     Run("mod_vae", "9", "python moderator.py --moderator.perceptual=vae --name=mod_vae && "
         "python evaluate.py --model=runs/mod_vae", "runs/mod_vae"),
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
@@ -371,9 +377,9 @@ TABLES = {
     "text": (["text"], lambda R: suite_tables(R["text"]["attacks.json"], R["text"]["suite.json"], grid=False)
              + "\n\nEvery run: the glyph rate on 50 prompts without a colour word (any colour, not black) and the "
              "words prompt_search found:\n\n" + text_table(text_runs(R["text"]["attacks.json"]))),
-    "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft"], lambda R: report_table({
+    "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft", "kv_nft"], lambda R: report_table({
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
-        "reta4_nft": R["reta4_nft"]["report.json"], "proj_nft": R["proj_nft"]["report.json"]},
+        **{k: R[k]["report.json"] for k in ("reta4_nft", "proj_nft", "kv_nft")}},
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
     "conditioning": (["quickstart_s0", "cond_s0"], lambda R: evaluation_table({
         "default (`quickstart_s0`)": R["quickstart_s0"]["report.json"], "`cond_s0`": R["cond_s0"]["report.json"]})),
