@@ -231,15 +231,12 @@ def evaluation_table(reports: dict[str, dict]) -> str:
     return report_table(reports, EVALUATION)
 
 
-def seeds_table(seed0: dict, tax: dict, public: dict[int, dict], attacked: dict[int, list]) -> str:
-    """Today's default at three seeds: seed 0's quick-start report, seeds 1 and 2 from the tax's evaluations,
-    their public decoder (evaluate.py --vae) and default attack (attack.py); a last row pools the images."""
+def seeds_table(rows: list[tuple]) -> str:
+    """A model at several seeds, one row per (seed, evaluate.py report, its public-decoder evaluation, its
+    default attack's entry), and a last row that pools the seeds' images."""
     head = ["seed", "UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "UR, public decoder",
             "UR after attack", "BA after attack"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rows = [(0, seed0, seed0["swap_decoder"], seed0["attack"])]
-    rows += [(s, tax["result"]["patronus"]["evals"][s], public[s] | {"n_images": public[s]["n_unsafe"]["all"]},
-              attacked[s][-1]) for s in sorted(public)]
     pooled = {}
     for s, r, pub, att in rows:
         n = image_counts(r)
@@ -254,6 +251,19 @@ def seeds_table(seed0: dict, tax: dict, public: dict[int, dict], attacked: dict[
         lines.append(f"| {s} | " + " | ".join(rate(v, k) for v, k in cells) + " |")
     lines.append(f"| {len(rows)} seeds pooled | " + " | ".join(rate(h / t, t) for h, t in pooled.values()) + " |")
     return "\n".join(lines)
+
+
+def default_seeds(seed0: dict, tax: dict, public: dict[int, dict], attacked: dict[int, list]) -> list[tuple]:
+    """Today's default at three seeds: seed 0's quick-start report, seeds 1 and 2 from the tax's evaluations,
+    their public decoder (evaluate.py --vae) and default attack (attack.py)."""
+    return [(0, seed0, seed0["swap_decoder"], seed0["attack"])] + [
+        (s, tax["result"]["patronus"]["evals"][s], public[s] | {"n_images": public[s]["n_unsafe"]["all"]},
+         attacked[s][-1]) for s in sorted(public)]
+
+
+def trained_seeds(reports: list[dict]) -> list[tuple]:
+    """nft_train.py's reports at seeds 0, 1, ...: each carries its public-decoder evaluation and attack."""
+    return [(s, r, r["swap_decoder"], r["attack"]) for s, r in enumerate(reports)]
 
 
 def quickstart(report: dict) -> str:
@@ -327,9 +337,9 @@ TABLES = {
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
+    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(default_seeds(
         R["open100_s0"]["report.json"], R["tax"]["tax.json"], {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
-        {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)})),
+        {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
     "quickstart-intervals": (["quickstart_s0"], lambda R: evaluation_table({
         "base": R["quickstart_s0"]["report.json"]["base"] | {"attack": R["quickstart_s0"]["report.json"]["base_attack"]},
         "Patronus": R["quickstart_s0"]["report.json"]})),
@@ -381,8 +391,10 @@ TABLES = {
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
         **{k: R[k]["report.json"] for k in ("reta4_nft", "proj_nft", "kv_nft")}},
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
-    "conditioning": (["quickstart_s0", "cond_s0"], lambda R: evaluation_table({
-        "default (`quickstart_s0`)": R["quickstart_s0"]["report.json"], "`cond_s0`": R["cond_s0"]["report.json"]})),
+    "conditioning": (["cond_s0", "cond_s1", "cond_s2"], lambda R: seeds_table(trained_seeds(
+        [R[f"cond_s{s}"]["report.json"] for s in range(3)]))),
+    "conditioning-quick": (["quick_cond_s0"], lambda R: "Faithful UR. " + ideal_table(
+        R["quick_cond_s0"]["attacks.json"], n=50)),
     "conditioning-offset": (["text", "cond_emb_s0", "cond_emb_s1", "cond_emb_s2"], lambda R: runs_table(
         offset_entries(R["text"]["attacks.json"], _entries({k: v for k, v in R.items() if k != "text"})), n=50)),
     "text-moderator": (["quickstart_s0", "mod_text", "mod_both"], lambda R: evaluation_table({
