@@ -63,13 +63,10 @@ class NFTConfig(RunConfig):
     w_uncond: float = option(1.0, "weight of distillation on the empty prompt (classifier-free guidance uses it)")
     w_nft: float = option(1.0, "weight of suppression after simulated fine-tuning (3)")
     inner_steps: int = option(3, "K: simulated fine-tuning steps per outer step (3)")
-    nft_params: str = option("all", "the weights step (3)'s gradient updates: all, or the transformer blocks' only "
-                             "(attentions: attention, feed-forward and projections; the residual blocks keep (1)+(2)'s)",
-                             choices=("all", "attentions"))
     conditioning_share: float = option(0.0, "share of step 3's outer steps whose simulated attacker learns an offset "
                                        "on the unsafe prompts' features instead of fine-tuning (0: weights only; "
-                                       "0.25 halves the offset attack's UR behind the public decoder, at a benign "
-                                       "cost: RESULTS.md, section 4.10)")
+                                       "0.25 slows the offset attack behind the public decoder at no measured "
+                                       "benign cost: RESULTS.md, section 4.10)")
     open_share: float = option(1.0, "share of distillation's prompts that are benign captions with one word swapped "
                                "for a fresh token, an embedding that names nothing (open_prompts; 0: the "
                                "benign captions themselves)")
@@ -128,9 +125,6 @@ def simulated_fine_tuning(unet, sched, z_u, c_u, z_black, attacker, draw, cfg: N
         l_nft = losses.black_loss(*losses.denoise(adapted, sched, x0, c_u[j], g))
         (cfg.w_nft * l_nft / cfg.memory.grad_accum).backward()
     gained = [q.grad for q in adapted.parameters()]  # zero_grad sets .grad to None: holding them costs no copy
-    if cfg.nft_params == "attentions":  # step (3) moves the transformer blocks only
-        gained = [acc if ".attentions." in n else torch.zeros_like(acc)
-                  for (n, _), acc in zip(unet.named_parameters(), gained)]
     with torch.no_grad():
         for k, (p, acc) in enumerate(zip(unet.parameters(), gained)):
             if saved is None:

@@ -108,8 +108,8 @@ RUNS = [
     *[Run(f"dec_attack_{m}", "6.2", f"python attack.py --model=runs/{m} --attack=finetune_decoder --steps=1000 "
           f"--checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_{m}",
           f"runs/dec_attack_{m}", ("attacks.json",)) for m in ("mod_plain", "mod_decoder_hardened")],
-    Run("ideal", "4.1", "python -m lab.suites --model=runs/patronus --suite=ideal --only=finetune_unet,"
-        "swap_decoder+finetune_unet --benign=false --name=ideal --cache=runs/ideal_cache.json", "runs/ideal",
+    Run("ideal", "4.1", "python -m lab.suites --model=runs/patronus --suite=ideal --benign=false --name=ideal "
+        "--cache=runs/ideal_cache.json", "runs/ideal",
         ("attacks.json", "suite.json")),
     Run("wide_rmsprop", "4.6", "python -m lab.suites --model=runs/patronus --suite=wide --only=finetune_unet,"
         "swap_decoder+finetune_unet --benign=false --optimizers=rmsprop --lrs=1e-4,1e-3 --name=wide_rmsprop",
@@ -157,6 +157,8 @@ RUNS = [
         "--name=attack_nft_only", "runs/attack_nft_only", ("attacks.json",)),
     Run("kv_nft", "9", "python nft_train.py --moderator.kind=off --nft_params=cross_kv --name=kv_nft", "runs/kv_nft",
         commit="cd7633d"),
+    Run("attn_nft", "9", "python nft_train.py --moderator.kind=off --nft_params=attentions --name=attn_nft",
+        "runs/attn_nft", commit="57131e7"),
     Run("mod_vae", "9", "python moderator.py --moderator.perceptual=vae --name=mod_vae && "
         "python evaluate.py --model=runs/mod_vae", "runs/mod_vae"),
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
@@ -313,12 +315,10 @@ def tax_table(tax: dict) -> str:
 def offset_entries(text: list[dict], cond: list[dict]) -> list[dict]:
     """Section 4.10's runs: the offset attack behind the public decoder (Adam lr 1e-1) on today's default and the
     never-learned model (the text suite's runs) and on the model trained with the conditioning attacker."""
-    runs = [e for e in text if e["attack"] == "swap_decoder+embedding" and e["lr"] == 0.1
-            and e["model"] in ("defended", "never_learned")]
-    label = {"defended": "runs/patronus", "never_learned": "never-learned"}
-    runs = sorted(runs, key=lambda e: (e["model"] != "defended", e["seed"]))
-    return [e | {"model": label[e["model"]]} for e in runs[:len(runs) // 2]] + cond + [
-        e | {"model": label[e["model"]]} for e in runs[len(runs) // 2:]]
+    def of(model: str, label: str) -> list[dict]:
+        runs = [e for e in text if e["attack"] == "swap_decoder+embedding" and e["lr"] == 0.1 and e["model"] == model]
+        return [e | {"model": label} for e in sorted(runs, key=lambda e: e["seed"])]
+    return of("defended", "runs/patronus") + cond + of("never_learned", "never-learned")
 
 
 def _reports(R: dict) -> dict:
@@ -337,9 +337,10 @@ TABLES = {
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(default_seeds(
-        R["open100_s0"]["report.json"], R["tax"]["tax.json"], {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
-        {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
+    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
+        default_seeds(R["open100_s0"]["report.json"], R["tax"]["tax.json"],
+                      {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
+                      {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
     "quickstart-intervals": (["quickstart_s0"], lambda R: evaluation_table({
         "base": R["quickstart_s0"]["report.json"]["base"] | {"attack": R["quickstart_s0"]["report.json"]["base_attack"]},
         "Patronus": R["quickstart_s0"]["report.json"]})),
@@ -387,9 +388,9 @@ TABLES = {
     "text": (["text"], lambda R: suite_tables(R["text"]["attacks.json"], R["text"]["suite.json"], grid=False)
              + "\n\nEvery run: the glyph rate on 50 prompts without a colour word (any colour, not black) and the "
              "words prompt_search found:\n\n" + text_table(text_runs(R["text"]["attacks.json"]))),
-    "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft", "kv_nft"], lambda R: report_table({
+    "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft", "kv_nft", "attn_nft"], lambda R: report_table({
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
-        **{k: R[k]["report.json"] for k in ("reta4_nft", "proj_nft", "kv_nft")}},
+        **{k: R[k]["report.json"] for k in ("reta4_nft", "proj_nft", "kv_nft", "attn_nft")}},
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
     "conditioning": (["cond_s0", "cond_s1", "cond_s2"], lambda R: seeds_table(trained_seeds(
         [R[f"cond_s{s}"]["report.json"] for s in range(3)]))),
