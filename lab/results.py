@@ -283,6 +283,22 @@ def compare_table(compare: dict, attacks: list[dict], key: str = "curve_faithful
                  50 * SUITES[compare["suite"]]["eval_repeats"])
 
 
+def seeds_pooled_table(entries: list[dict], attacks: list[str], key: str = "curve_faithful", n: int = 50) -> str:
+    """One row per model, a column per attack: the rate at the last step of each seed's strongest run, the
+    seeds' images pooled, with its 95% interval and the number of seeds."""
+    best = [e for e in entries if e["best"]]
+    models = list(dict.fromkeys(e["model"] for e in best))
+    lines = ["| model | " + " | ".join(attacks) + " |", "|" + "---|" * (len(attacks) + 1)]
+    for m in models:
+        cells = []
+        for a in attacks:
+            runs = [e for e in best if e["model"] == m and e["attack"] == a]
+            hits = sum(round(e[key][-1][1] * n) for e in runs)
+            cells.append(f"{rate_cell(hits, n * len(runs), 2)} ({len(runs)})" if runs else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def suite_tables(attacks: list[dict], suite: dict, grid: bool = True) -> str:
     """A suite against the never-learned model, faithful then plain UR; then every setting it tried."""
     n = 50 * suite["spec"]["eval_repeats"]
@@ -403,6 +419,10 @@ TABLES = {
         "text (`mod_text`)": R["mod_text"]["report.json"], "both (`mod_both`)": R["mod_both"]["report.json"]})),
     "text-moderator-parts": ([r.name for r in RUNS if r.name.startswith("parts_")], lambda R: runs_table(
         _entries(R), n=50)),
+    "compare-text": (["compare_text"], lambda R: compare_table(R["compare_text"]["compare.json"],
+                                                            R["compare_text"]["attacks.json"])
+                     + "\n\nThe same attacks, each seed's run (in brackets, how many), the seeds' images pooled:\n\n"
+                     + seeds_pooled_table(R["compare_text"]["attacks.json"], R["compare_text"]["compare.json"]["attacks"])),
     "perceptual": (["mod_plain", "mod_vae"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
 }
