@@ -140,6 +140,8 @@ RUNS = [
           f"runs/cond_emb_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
     *[Run(f"cond_s{s}", "4.10", f"python nft_train.py --conditioning_share=0.25 --seed={s} --name=cond_s{s}",
           f"runs/cond_s{s}") for s in (1, 2)],
+    Run("cond_no_ring", "4.10", "python nft_train.py --conditioning_share=0.25 --data.holdout=ring --name=cond_no_ring",
+        "runs/cond_no_ring"),
     Run("quick_cond_s0", "4.10", "python -m lab.suites --model=runs/cond_s0 --suite=quick --benign=false "
         "--name=quick_cond_s0", "runs/quick_cond_s0", ("attacks.json", "suite.json")),
     *[Run(f"mod_{k}", "6.3", f"python nft_train.py --moderator.kind={k} --name=mod_{k}", f"runs/mod_{k}")
@@ -411,6 +413,7 @@ TABLES = {
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
     "conditioning": (["cond_s0", "cond_s1", "cond_s2"], lambda R: seeds_table(trained_seeds(
         [R[f"cond_s{s}"]["report.json"] for s in range(3)]))),
+    "conditioning-ring": (["cond_s0", "cond_no_ring"], lambda R: report_table(_reports(R), VARIANTS)),
     "conditioning-quick": (["quick_cond_s0"], lambda R: "Faithful UR. " + ideal_table(
         R["quick_cond_s0"]["attacks.json"], n=50)),
     "conditioning-offset": (["text", "cond_emb_s0", "cond_emb_s1", "cond_emb_s2"], lambda R: runs_table(
