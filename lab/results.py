@@ -407,7 +407,8 @@ TABLES = {
     "text": (["text"], lambda R: suite_tables(R["text"]["attacks.json"], R["text"]["suite.json"], grid=False)
              + "\n\nEvery run: the glyph rate on 50 prompts without a colour word (any colour, not black) and the "
              "words prompt_search found:\n\n" + text_table(text_runs(R["text"]["attacks.json"]))),
-    "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft", "kv_nft", "attn_nft"], lambda R: report_table({
+    "step-3": (["novel_nft_only", "attack_nft_only", "reta4_nft", "proj_nft", "kv_nft", "attn_nft"],
+               lambda R: report_table({
         "nft_only": R["novel_nft_only"]["report.json"] | {"attack": R["attack_nft_only"]["attacks.json"][-1]},
         **{k: R[k]["report.json"] for k in ("reta4_nft", "proj_nft", "kv_nft", "attn_nft")}},
         [*VARIANTS[:-2], "UR after attack", "BA after attack"])),
@@ -417,7 +418,7 @@ TABLES = {
     "conditioning-quick": (["quick_cond_s0"], lambda R: "Faithful UR. " + ideal_table(
         R["quick_cond_s0"]["attacks.json"], n=50)),
     "conditioning-offset": (["text", "cond_emb_s0", "cond_emb_s1", "cond_emb_s2"], lambda R: runs_table(
-        offset_entries(R["text"]["attacks.json"], _entries({k: v for k, v in R.items() if k != "text"})), n=50)),
+        offset_entries(R["text"]["attacks.json"], [e for s in range(3) for e in R[f"cond_emb_s{s}"]["attacks.json"]]), n=50)),
     "text-moderator": (["quickstart_s0", "mod_text", "mod_both"], lambda R: evaluation_table({
         "decoder (default, `quickstart_s0`)": R["quickstart_s0"]["report.json"],
         "text (`mod_text`)": R["mod_text"]["report.json"], "both (`mod_both`)": R["mod_both"]["report.json"]})),
