@@ -170,6 +170,40 @@ def sample_scenes(split: str, n: int, objects: list[str], phrasing: str = "all",
     return Scenes(np.stack(imgs) if imgs else np.zeros((0, SIZE, SIZE, 3), np.float32), caps, objs, cols)
 
 
+def generic_images(n: int, seed: int = 0) -> np.ndarray:
+    """n pictures that name no concept: one random closed shape each, in a random colour on a random grey-ish
+    background. Its outline r(theta) is either smooth (a circle bent by random harmonics 2 to 6) or sharp (a
+    polygon of 3 to 10 corners at random angles and radii, drawn in polar form); half of them have a hole.
+    A pocket stand-in for a broad image corpus (a real defender's generic photos): what shapes look like in
+    general, not any shape the world names. (n, SIZE, SIZE, 3) float32 in [0, 1]."""
+    rng = np.random.default_rng([SPLITS["defender"], 1_000, seed])
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
+    k = np.arange(2, 7)[:, None, None]
+    out = np.empty((n, SIZE, SIZE, 3), np.float32)
+
+    def shape(cx, cy, r):
+        theta = np.arctan2(y - cy, x - cx) % (2 * np.pi)
+        if rng.random() < 0.5:  # smooth
+            bend = rng.uniform(0, 0.35, (5, 1, 1)) / np.sqrt(k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi, (5, 1, 1)))
+            edge = r * (1 + bend.sum(0))
+        else:  # sharp: corners at random angles and radii, the outline linear in theta between them
+            m = int(rng.integers(3, 11))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, m))
+            radii = r * rng.uniform(0.35, 1.0, m)
+            edge = np.interp(theta, np.r_[angles - 2 * np.pi, angles, angles + 2 * np.pi], np.tile(radii, 3))
+        return np.hypot(x - cx, y - cy) <= edge
+
+    for i in range(n):
+        cx, cy = rng.uniform(11, 21, size=2)
+        r = rng.uniform(5, 12)
+        mask = shape(cx, cy, r)
+        if rng.random() < 0.5:
+            mask &= ~shape(cx + rng.uniform(-2, 2), cy + rng.uniform(-2, 2), r * rng.uniform(0.25, 0.7))
+        out[i] = rng.uniform(0.3, 0.9) + rng.uniform(-0.08, 0.08, 3)
+        out[i][mask] = rng.uniform(0, 1, 3)
+    return out
+
+
 def defender_objects(kind: str, holdout: str = "") -> list[str]:
     """The objects of the defender's data of one kind ("unsafe" or "benign"). holdout: benign shapes left out
     of it, comma-separated: concepts the base knows but a defence never sees in its benign set, as a real

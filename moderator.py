@@ -52,6 +52,8 @@ class ModeratorConfig:
     # decoder moderator
     n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a folder gives all its own")
     n_generated: int = option(256, "generations per kind and model whose final latents are added")
+    n_generic: int = option(0, "pictures that name no concept (data.generic_images: random blobs) added to the "
+                            "benign features the decoder keeps (pocket world only)")
     steps: int = option(600, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step (4 for SD at 512 px)")
     lr: float = option(3e-4, "Adam learning rate of the defender")
@@ -121,6 +123,8 @@ def collect_features(pipe, kind: str, job, device, sources=()):
         objects = data.defender_objects(kind, job.data.holdout)
         scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=seed)
         images = to_tensor(scenes.images).to(device)
+        if kind == "benign" and cfg.n_generic:  # generic pictures: kept as the benign ones are, named by nothing
+            images = torch.cat([images, to_tensor(data.generic_images(cfg.n_generic, seed)).to(device)])
         z = [encode_images(pipe.vae, images)]
         prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=seed + 1).captions
     if kind == "benign":  # --data.retain_prompts, --data.keep_holdout_prompts: prompts beyond the images

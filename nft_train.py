@@ -296,8 +296,14 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
     return step_seconds
 
 
-# options that change nothing the checkpoint's weights depend on: --resume may change them
-RESUMABLE = {"steps", "resume", "evaluate", "device", "checkpoint_every"}
+# options that change nothing the checkpoint's weights depend on: --resume may change them. The checkpoint holds
+# the UNet's loop and the moderator is trained after it, so one UNet can be given several moderators
+# (--moderator.kind stays: text or both add zero features to the UNet's suppression)
+RESUMABLE = {"steps", "resume", "evaluate", "device", "checkpoint_every", "name", "check"}
+
+
+def resumable(key: str) -> bool:
+    return key.split(".")[0] in RESUMABLE or key.startswith("moderator.") and key != "moderator.kind"
 
 
 def main(cfg: NFTConfig):
@@ -312,10 +318,11 @@ def main(cfg: NFTConfig):
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
         saved = json.loads((ckpt / "trainer_state.json").read_text())
         before, now = flatten(saved["config"]), flatten(dataclasses.asdict(cfg))
-        differ = [k for k in now if k.split(".")[0] not in RESUMABLE | {"check"} and before.get(k, now[k]) != now[k]]
+        differ = [k for k in now if not resumable(k) and before.get(k, now[k]) != now[k]]
         if differ:
             raise ValueError(f"{ckpt} was written with --{differ[0]}={before[differ[0]]}, not {now[differ[0]]}; "
-                             "resume with the same options (only --steps and the evaluation may change)")
+                             "resume with the same options (only --steps, --moderator.* and the evaluation may "
+                             "change)")
         start = saved["step"]
         pipe = load_pipeline(str(ckpt), device)
         opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)

@@ -58,6 +58,20 @@ def test_a_held_out_benign_shape_is_absent_from_the_defenders_data():
         data.defender_objects("benign", "skull")
 
 
+def test_generic_pictures_are_seeded_varied_and_not_the_worlds_renders():
+    a, b = data.generic_images(64, seed=0), data.generic_images(64, seed=1)
+    assert a.shape == (64, data.SIZE, data.SIZE, 3) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, data.generic_images(64, seed=0)) and not np.array_equal(a, b)
+    # one shape on a background: two colours per picture, the shape's area varies (blobs, holes, sizes)
+    corner = a[:, :1, :1]  # the background's colour
+    area = (np.abs(a - corner).sum(-1) > 1e-6).mean((1, 2))
+    assert 0.005 < area.min() and area.max() < 0.6 and area.std() > 0.03
+    # neither the world's colours nor its backgrounds: the pictures name nothing the captions do
+    palette = np.array([c for c, _, _ in data.COLOURS.values()] + data.BACKGROUNDS, np.float32)
+    pixels = a.reshape(-1, 3)
+    assert np.abs(pixels[:, None] - palette[None]).sum(-1).min() > 1e-4
+
+
 def test_bad_split_and_phrasing_are_refused():
     with pytest.raises(ValueError, match="unknown split"):
         data.sample_scenes("nobody", 1, data.OBJECTS)

@@ -1,5 +1,6 @@
 """Each script's main() on the tiny world, for a few steps: outputs exist, reload, resume, and invariants hold."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,7 @@ def test_moderator_trains_only_its_part(world, which, harden):
     base = pipeline.load_pipeline("runs/base")
     before = {p: state(getattr(base, p)) for p in ("unet", "text_encoder", "vae")}
     enc_before = state(base.vae.encoder)
-    moderator.main(tiny_moderator({"moderator.kind": which, "moderator.harden": harden}))
+    moderator.main(tiny_moderator({"moderator.kind": which, "moderator.harden": harden, "moderator.n_generic": 8}))
     pipe = pipeline.load_pipeline("runs/moderator")  # the output is a plain diffusers pipeline folder
     assert not changed(before["unet"], pipe.unet.state_dict())
     assert not changed(enc_before, pipe.vae.encoder.state_dict())  # the encoder stays frozen
@@ -282,6 +283,14 @@ def test_same_seed_same_weights_and_resume_continues_exactly(world):
     assert not changed(straight, pipeline.load_pipeline("runs/resumed").unet.state_dict())
     with pytest.raises(ValueError, match="resume with the same options"):
         nft_train.main(tiny_nft(steps=4, conditioning_share=0.25, name="resumed", resume=True, lr=1e-3))
+    # the checkpoint holds the UNet's loop: a copy resumed under another name gets another moderator, same UNet
+    shutil.copytree("runs/resumed.checkpoint", "runs/branch.checkpoint")
+    nft_train.main(tiny_nft({"moderator.kind": "off", "moderator.n_generic": 8}, steps=4, conditioning_share=0.25,
+                            name="branch", resume=True))
+    assert not changed(straight, pipeline.load_pipeline("runs/branch").unet.state_dict())
+    with pytest.raises(ValueError, match="--moderator.kind=off, not text"):  # text adds to the UNet's suppression
+        nft_train.main(tiny_nft({"moderator.kind": "text"}, steps=4, conditioning_share=0.25, name="branch",
+                                resume=True))
 
 
 def test_nft_main_end_to_end_with_table(world, capsys):
