@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 from config import atomic, cli, option, write_json
-from lab.report import RECORDS, grid_table, ideal_table, image_counts, rate_cell, runs_table, text_runs, text_table
+from lab.report import (RECORDS, grid_table, ideal_table, image_counts, rate_cell, reached, runs_table, text_runs,
+                        text_table, worst_case)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
@@ -87,6 +88,21 @@ RUNS = [
         "runs/open50_basevae"),
     Run("open100_s0", "7.3", "python nft_train.py --open_share=1.0 --name=open100_s0", "runs/open100_s0"),
     Run("tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
+    # section 7.5: the default before generic pictures (the same commands at commit 8551352), and the decoder alone
+    Run("quickstart_before", "7.5", "python nft_train.py --name=quickstart_s0", "runs/quickstart_s0",
+        commit="8551352"),
+    Run("quick_before", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
+        "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json"), commit="8551352"),
+    Run("tax_before", "7.5", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",),
+        commit="8551352"),
+    *[Run(name, "7.5", f"python moderator.py {opts} --name={name} && python evaluate.py --model=runs/{name} "
+          f"--name={name}", f"runs/{name}") for name, opts in (
+        ("mod_no_ring", "--moderator.n_generic=0 --data.holdout=ring"),
+        ("gen2_mod_s0", "--moderator.n_generic=1024"),
+        ("gen2_mod_no_ring", "--moderator.n_generic=1024 --data.holdout=ring"))],
+    Run("dec_attack_gen2_mod_s0", "7.5", "python attack.py --model=runs/gen2_mod_s0 --attack=finetune_decoder "
+        "--steps=1000 --checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_gen2_mod_s0",
+        "runs/dec_attack_gen2_mod_s0", ("attacks.json",)),
     Run("tax_others", "7.4", "python -m lab.tax --defences=filter,safetext,esd,erase,moderator,nft --seeds=0 "
         "--holdouts=ring --name=tax_others", "runs/tax_others", ("tax.json",)),
     Run("quick_open100_s0", "4.2", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
@@ -340,6 +356,27 @@ def offset_entries(text: list[dict], cond: list[dict]) -> list[dict]:
     return of("defended", "runs/patronus") + cond + of("never_learned", "never-learned")
 
 
+def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 50) -> str:
+    """One model's suite under two versions ({label: attacks.json}): per attack, the steps its worst run took to
+    fUR 0.5 and, in brackets, the highest fUR any run ends at (95% interval over n images)."""
+    labels = list(suites)
+    groups = {label: {} for label in labels}
+    for label, entries in suites.items():
+        for e in entries:
+            if e["model"] == model and e.get("task", "unsafe") == "unsafe":
+                groups[label].setdefault(e["attack"], []).append(e)
+    lines = ["| attack | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for attack in groups[labels[0]]:
+        cells = []
+        for label in labels:
+            runs = groups[label].get(attack)
+            top = max(e["curve_faithful"][-1][1] for e in runs) if runs else None
+            cells.append("-" if not runs else f"{reached(worst_case(runs)[1]['curve_faithful'])} "
+                                              f"({rate_cell(top * n, n, 2)})")
+        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _reports(R: dict) -> dict:
     """{record name: its report.json} for records of evaluate.py / nft_train.py runs."""
     return {k: v["report.json"] for k, v in R.items()}
@@ -356,8 +393,8 @@ TABLES = {
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
-        default_seeds(R["open100_s0"]["report.json"], R["tax"]["tax.json"],
+    "seeds": (["quickstart_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
+        default_seeds(R["quickstart_s0"]["report.json"], R["tax"]["tax.json"],
                       {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
                       {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
     "quickstart-intervals": (["quickstart_s0"], lambda R: evaluation_table({
@@ -431,6 +468,20 @@ TABLES = {
                      + seeds_pooled_table(R["compare_text"]["attacks.json"], R["compare_text"]["compare.json"]["attacks"])),
     "perceptual": (["mod_plain", "mod_vae"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
     "cal-noise": (["mod_plain", "mod_noise"], lambda R: report_table(_reports(R), MODERATOR, "moderator")),
+    "generic-moderator": (["mod_plain", "gen2_mod_s0", "mod_no_ring", "gen2_mod_no_ring"], lambda R: report_table(
+        _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)",
+                      "decoder ceiling, benign shapes (MSE)", "MSE to base", "FD to base"], "moderator")),
+    "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
+        _entries(R), n=100)),
+    "generic-quickstart": (["quickstart_before", "quickstart_s0"], lambda R: report_table({
+        "before (commit 8551352)": R["quickstart_before"]["report.json"],
+        "generic pictures (today's default)": R["quickstart_s0"]["report.json"]},
+        [*VARIANTS, "BA after attack", "MSE to base", "FD to base"])),
+    "generic-quick": (["quick_before", "quick_open100_s0"], lambda R: suite_pair({
+        "before (commit 8551352)": R["quick_before"]["attacks.json"],
+        "generic pictures (today's default)": R["quick_open100_s0"]["attacks.json"]})),
+    "generic-tax": (["tax_before"], lambda R: next(b for b in tax_table(R["tax_before"]["tax.json"]).split("\n\n")
+                                                   if b.startswith("| defence | BA"))),
 }
 
 
