@@ -100,6 +100,9 @@ RUNS = [
         ("mod_no_ring", "--moderator.n_generic=0 --data.holdout=ring"),
         ("gen2_mod_s0", "--moderator.n_generic=1024"),
         ("gen2_mod_no_ring", "--moderator.n_generic=1024 --data.holdout=ring"))],
+    *[Run(f"{name}_s{s}", "7.5", f"python moderator.py --moderator.n_generic={n} --data.holdout=ring --seed={s} "
+          f"--name={name}_s{s} && python evaluate.py --model=runs/{name}_s{s} --name={name}_s{s} --seed={s}",
+          f"runs/{name}_s{s}") for s in (1, 2) for name, n in (("gen2_mod_no_ring", 1024), ("mod_no_ring", 0))],
     Run("dec_attack_gen2_mod_s0", "7.5", "python attack.py --model=runs/gen2_mod_s0 --attack=finetune_decoder "
         "--steps=1000 --checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_gen2_mod_s0",
         "runs/dec_attack_gen2_mod_s0", ("attacks.json",)),
@@ -415,13 +418,13 @@ TABLES = {
     "safepatch": (["safepatch"], lambda R: evaluation_table({"safepatch": R["safepatch"]["report.json"]})),
     "compare-safepatch": (["compare_safepatch"], lambda R: compare_table(R["compare_safepatch"]["compare.json"],
                                                                          R["compare_safepatch"]["attacks.json"])),
-    "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
+    "variants-2": (["quickstart_before", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
                    lambda R: report_table(_reports(R), VARIANTS)),
-    "novel-sources": (["eval_base", "mod_plain", "novel_nft_basevae", "quickstart_s0", "novel_nft_only",
+    "novel-sources": (["eval_base", "mod_plain", "novel_nft_basevae", "quickstart_before", "novel_nft_only",
                        "novel_erase_only"], lambda R: novel_table({
         ("base", "base"): R["eval_base"]["report.json"], ("base", "moderated (`mod_plain`)"): R["mod_plain"]["report.json"],
         ("NFT (`quickstart_s0`'s)", "base"): R["novel_nft_basevae"]["report.json"],
-        ("NFT (`quickstart_s0`)", "moderated"): R["quickstart_s0"]["report.json"],
+        ("NFT (`quickstart_s0`)", "moderated"): R["quickstart_before"]["report.json"],
         ("NFT (`nft_only`, trained apart)", "base"): R["novel_nft_only"]["report.json"],
         ("erasure (`erase_only`)", "base"): R["novel_erase_only"]["report.json"]})),
     "moderator-alone": (["eval_base", "mod_plain", "mod_decoder_300", "mod_decoder_hardened", "modonly_text",
@@ -456,8 +459,8 @@ TABLES = {
         R["quick_cond_s0"]["attacks.json"], n=50)),
     "conditioning-offset": (["text", "cond_emb_s0", "cond_emb_s1", "cond_emb_s2"], lambda R: runs_table(
         offset_entries(R["text"]["attacks.json"], [e for s in range(3) for e in R[f"cond_emb_s{s}"]["attacks.json"]]), n=50)),
-    "text-moderator": (["quickstart_s0", "mod_text", "mod_both"], lambda R: evaluation_table({
-        "decoder (default, `quickstart_s0`)": R["quickstart_s0"]["report.json"],
+    "text-moderator": (["quickstart_before", "mod_text", "mod_both"], lambda R: evaluation_table({
+        "decoder (default then, `quickstart_s0`)": R["quickstart_before"]["report.json"],
         "text (`mod_text`)": R["mod_text"]["report.json"], "both (`mod_both`)": R["mod_both"]["report.json"]})),
     "text-moderator-parts": ([r.name for r in RUNS if r.name.startswith("parts_")], lambda R: runs_table(
         _entries(R), n=50)),
@@ -471,6 +474,9 @@ TABLES = {
     "generic-moderator": (["mod_plain", "gen2_mod_s0", "mod_no_ring", "gen2_mod_no_ring"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)",
                       "decoder ceiling, benign shapes (MSE)", "MSE to base", "FD to base"], "moderator")),
+    "generic-ring-seeds": ([f"{m}_s{s}" for s in (1, 2) for m in ("mod_no_ring", "gen2_mod_no_ring")],
+                           lambda R: report_table(_reports(R), [*MODERATOR[2:5], "BA on rings",
+                                                                "decoder ceiling on the star (MSE)"], "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
     "generic-quickstart": (["quickstart_before", "quickstart_s0"], lambda R: report_table({
