@@ -103,6 +103,9 @@ RUNS = [
     *[Run(f"{name}_s{s}", "7.5", f"python moderator.py --moderator.n_generic={n} --data.holdout=ring --seed={s} "
           f"--name={name}_s{s} && python evaluate.py --model=runs/{name}_s{s} --name={name}_s{s} --seed={s}",
           f"runs/{name}_s{s}") for s in (1, 2) for name, n in (("gen2_mod_no_ring", 1024), ("mod_no_ring", 0))],
+    *[Run(f"gen2_mod_s{s}", "7.5", f"python moderator.py --moderator.n_generic=1024 --seed={s} --name=gen2_mod_s{s} "
+          f"&& python evaluate.py --model=runs/gen2_mod_s{s} --name=gen2_mod_s{s} --seed={s}", f"runs/gen2_mod_s{s}")
+      for s in (1, 2)],
     Run("dec_attack_gen2_mod_s0", "7.5", "python attack.py --model=runs/gen2_mod_s0 --attack=finetune_decoder "
         "--steps=1000 --checkpoints=0,100,300,1000 --eval_repeats=2 --save=false --name=dec_attack_gen2_mod_s0",
         "runs/dec_attack_gen2_mod_s0", ("attacks.json",)),
@@ -477,6 +480,9 @@ TABLES = {
     "generic-ring-seeds": ([f"{m}_s{s}" for s in (1, 2) for m in ("mod_no_ring", "gen2_mod_no_ring")],
                            lambda R: report_table(_reports(R), [*MODERATOR[2:5], "BA on rings",
                                                                 "decoder ceiling on the star (MSE)"], "moderator")),
+    "generic-moderator-seeds": (["mod_plain_s1", "gen2_mod_s1", "mod_plain_s2", "gen2_mod_s2"], lambda R: report_table(
+        _reports(R), [*MODERATOR[2:5], "BA on rings", "decoder ceiling on the star (MSE)", "MSE to base", "FD to base"],
+        "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
     "generic-quickstart": (["quickstart_before", "quickstart_s0"], lambda R: report_table({
