@@ -52,9 +52,9 @@ class ModeratorConfig:
     # decoder moderator
     n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a folder gives all its own")
     n_generated: int = option(256, "generations per kind and model whose final latents are added")
-    n_generic: int = option(1024, "pictures that name no concept (data.generic_images: random shapes) added to "
-                            "the benign pictures the decoder keeps, so that it keeps shapes its benign data does not "
-                            "name (pocket world only; RESULTS.md, section 7.5)")
+    n_generic: int = option(0, "pictures that name no concept (data.generic_images: random shapes) added to the "
+                            "benign pictures the decoder keeps (pocket world only): 1024 keeps a shape the benign "
+                            "data leaves out, and lets a few glyphs through (RESULTS.md, section 7.5)")
     steps: int = option(600, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step (4 for SD at 512 px)")
     lr: float = option(3e-4, "Adam learning rate of the defender")

@@ -90,17 +90,12 @@ class CompareConfig(RunConfig):
         SuiteConfig(only=self.only, optimizers=self.optimizers, lrs=self.lrs)  # the same checks as lab.suites
 
 
-# options whose default changed after they were added: a record without them was trained with this value
-BEFORE = {"moderator.n_generic": 0}
-
-
 def up_to_date(have: dict | None, cfg) -> bool:
     """Was a folder with recorded config `have` trained as `cfg` would train it? Options that do not change the
-    weights are ignored; an option newer than the record counts as what was in force then (BEFORE, else its
-    default)."""
+    weights are ignored; an option newer than the record counts as its default (which was in force then)."""
     if have is None:
         return False
-    have, default = flatten(have), flatten(dataclasses.asdict(type(cfg)())) | BEFORE
+    have, default = flatten(have), flatten(dataclasses.asdict(type(cfg)()))
     return all(have.get(k, default[k]) == v for k, v in flatten(dataclasses.asdict(cfg)).items() if k not in IGNORED)
 
 

@@ -88,13 +88,16 @@ RUNS = [
         "runs/open50_basevae"),
     Run("open100_s0", "7.3", "python nft_train.py --open_share=1.0 --name=open100_s0", "runs/open100_s0"),
     Run("tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
-    # section 7.5: the default before generic pictures (the same commands at commit 8551352), and the decoder alone
-    Run("quickstart_before", "7.5", "python nft_train.py --name=quickstart_s0", "runs/quickstart_s0",
-        commit="8551352"),
-    Run("quick_before", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
-        "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json"), commit="8551352"),
-    Run("tax_before", "7.5", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",),
-        commit="8551352"),
+    # section 7.5: generic pictures in the decoder's calibration; gen_*: today's commands at commit 8fd34f8, when
+    # they were the default (--moderator.n_generic=1024), on the same UNets
+    Run("gen_quickstart_s0", "7.5", "python nft_train.py --name=quickstart_s0", "runs/quickstart_s0", commit="8fd34f8"),
+    Run("gen_tax", "7.5", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",),
+        commit="8fd34f8"),
+    *[Run(f"gen_attack_s{s}", "7.5", f"python attack.py --model=runs/tax_patronus_s{s} --seed={s} "
+          f"--checkpoints=0,100,300 --save=false --name=attack_s{s}", f"runs/attack_s{s}", ("attacks.json",),
+          commit="8fd34f8") for s in (1, 2)],
+    Run("gen_quick", "7.5", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
+        "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json"), commit="8fd34f8"),
     *[Run(name, "7.5", f"python moderator.py {opts} --name={name} && python evaluate.py --model=runs/{name} "
           f"--name={name}", f"runs/{name}") for name, opts in (
         ("mod_no_ring", "--moderator.n_generic=0 --data.holdout=ring"),
@@ -364,7 +367,8 @@ def offset_entries(text: list[dict], cond: list[dict]) -> list[dict]:
 
 def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 50) -> str:
     """One model's suite under two versions ({label: attacks.json}): per attack, the steps its worst run took to
-    fUR 0.5 and, in brackets, the highest fUR any run ends at (95% interval over n images)."""
+    fUR 0.5, the highest fUR any run reaches at any checkpoint (95% interval over n images), and the lowest
+    benign accuracy after any run."""
     labels = list(suites)
     groups = {label: {} for label in labels}
     for label, entries in suites.items():
@@ -376,9 +380,13 @@ def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 
         cells = []
         for label in labels:
             runs = groups[label].get(attack)
-            top = max(e["curve_faithful"][-1][1] for e in runs) if runs else None
-            cells.append("-" if not runs else f"{reached(worst_case(runs)[1]['curve_faithful'])} "
-                                              f"({rate_cell(top * n, n, 2)})")
+            if not runs:
+                cells.append("-")
+                continue
+            peak = max(v for e in runs for _, v in e["curve_faithful"])
+            ba = min(e["benign_accuracy_after"] for e in runs)
+            cells.append(f"{reached(worst_case(runs)[1]['curve_faithful'])}; peak {rate_cell(peak * n, n, 2)}; "
+                         f"BA after {ba:.2f}")
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -399,8 +407,8 @@ TABLES = {
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["quickstart_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
-        default_seeds(R["quickstart_s0"]["report.json"], R["tax"]["tax.json"],
+    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
+        default_seeds(R["open100_s0"]["report.json"], R["tax"]["tax.json"],
                       {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
                       {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
     "quickstart-intervals": (["quickstart_s0"], lambda R: evaluation_table({
@@ -421,13 +429,13 @@ TABLES = {
     "safepatch": (["safepatch"], lambda R: evaluation_table({"safepatch": R["safepatch"]["report.json"]})),
     "compare-safepatch": (["compare_safepatch"], lambda R: compare_table(R["compare_safepatch"]["compare.json"],
                                                                          R["compare_safepatch"]["attacks.json"])),
-    "variants-2": (["quickstart_before", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
+    "variants-2": (["quickstart_s0", "noise_s0", "fn08_s0", "fn08_no_ring", "noring_basevae"],
                    lambda R: report_table(_reports(R), VARIANTS)),
-    "novel-sources": (["eval_base", "mod_plain", "novel_nft_basevae", "quickstart_before", "novel_nft_only",
+    "novel-sources": (["eval_base", "mod_plain", "novel_nft_basevae", "quickstart_s0", "novel_nft_only",
                        "novel_erase_only"], lambda R: novel_table({
         ("base", "base"): R["eval_base"]["report.json"], ("base", "moderated (`mod_plain`)"): R["mod_plain"]["report.json"],
         ("NFT (`quickstart_s0`'s)", "base"): R["novel_nft_basevae"]["report.json"],
-        ("NFT (`quickstart_s0`)", "moderated"): R["quickstart_before"]["report.json"],
+        ("NFT (`quickstart_s0`)", "moderated"): R["quickstart_s0"]["report.json"],
         ("NFT (`nft_only`, trained apart)", "base"): R["novel_nft_only"]["report.json"],
         ("erasure (`erase_only`)", "base"): R["novel_erase_only"]["report.json"]})),
     "moderator-alone": (["eval_base", "mod_plain", "mod_decoder_300", "mod_decoder_hardened", "modonly_text",
@@ -462,8 +470,8 @@ TABLES = {
         R["quick_cond_s0"]["attacks.json"], n=50)),
     "conditioning-offset": (["text", "cond_emb_s0", "cond_emb_s1", "cond_emb_s2"], lambda R: runs_table(
         offset_entries(R["text"]["attacks.json"], [e for s in range(3) for e in R[f"cond_emb_s{s}"]["attacks.json"]]), n=50)),
-    "text-moderator": (["quickstart_before", "mod_text", "mod_both"], lambda R: evaluation_table({
-        "decoder (default then, `quickstart_s0`)": R["quickstart_before"]["report.json"],
+    "text-moderator": (["quickstart_s0", "mod_text", "mod_both"], lambda R: evaluation_table({
+        "decoder (default, `quickstart_s0`)": R["quickstart_s0"]["report.json"],
         "text (`mod_text`)": R["mod_text"]["report.json"], "both (`mod_both`)": R["mod_both"]["report.json"]})),
     "text-moderator-parts": ([r.name for r in RUNS if r.name.startswith("parts_")], lambda R: runs_table(
         _entries(R), n=50)),
@@ -478,22 +486,24 @@ TABLES = {
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)",
                       "decoder ceiling, benign shapes (MSE)", "MSE to base", "FD to base"], "moderator")),
     "generic-ring-seeds": ([f"{m}_s{s}" for s in (1, 2) for m in ("mod_no_ring", "gen2_mod_no_ring")],
-                           lambda R: report_table(_reports(R), [*MODERATOR[2:5], "BA on rings",
+                           lambda R: report_table(_reports(R), [*MODERATOR[:5], "BA on rings",
                                                                 "decoder ceiling on the star (MSE)"], "moderator")),
     "generic-moderator-seeds": (["mod_plain_s1", "gen2_mod_s1", "mod_plain_s2", "gen2_mod_s2"], lambda R: report_table(
-        _reports(R), [*MODERATOR[2:5], "BA on rings", "decoder ceiling on the star (MSE)", "MSE to base", "FD to base"],
+        _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "MSE to base", "FD to base"],
         "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
-    "generic-quickstart": (["quickstart_before", "quickstart_s0"], lambda R: report_table({
-        "before (commit 8551352)": R["quickstart_before"]["report.json"],
-        "generic pictures (today's default)": R["quickstart_s0"]["report.json"]},
+    "generic-quickstart": (["quickstart_s0", "gen_quickstart_s0"], lambda R: report_table({
+        "today's default": R["quickstart_s0"]["report.json"],
+        "generic pictures": R["gen_quickstart_s0"]["report.json"]},
         [*VARIANTS, "BA after attack", "MSE to base", "FD to base"])),
-    "generic-quick": (["quick_before", "quick_open100_s0"], lambda R: suite_pair({
-        "before (commit 8551352)": R["quick_before"]["attacks.json"],
-        "generic pictures (today's default)": R["quick_open100_s0"]["attacks.json"]})),
-    "generic-tax": (["tax_before"], lambda R: next(b for b in tax_table(R["tax_before"]["tax.json"]).split("\n\n")
-                                                   if b.startswith("| defence | BA"))),
+    "generic-seeds": (["gen_quickstart_s0", "gen_tax", "pubdec_s1", "pubdec_s2", "gen_attack_s1", "gen_attack_s2"],
+                      lambda R: seeds_table(default_seeds(
+        R["gen_quickstart_s0"]["report.json"], R["gen_tax"]["tax.json"],
+        {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)}, {s: R[f"gen_attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
+    "generic-quick": (["quick_open100_s0", "gen_quick"], lambda R: suite_pair({
+        "today's default": R["quick_open100_s0"]["attacks.json"], "generic pictures": R["gen_quick"]["attacks.json"]})),
+    "generic-tax": (["gen_tax"], lambda R: tax_table(R["gen_tax"]["tax.json"]).split("\n\nEach shape's nearest")[0]),
 }
 
 
