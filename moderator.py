@@ -61,6 +61,8 @@ class ModeratorConfig:
     w_cal: float = option(10.0, "weight of the calibration loss on benign features")
     w_rec: float = option(1.0, "weight of the reconstruction loss on benign images")
     pixel_weight: float = option(1.0, "weight of the pixel term inside the zero loss")
+    generic_filter: bool = option(False, "drop the generic pictures whose latents are nearer the defender's unsafe "
+                                  "latents than its benign ones")
     perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --moderator.vgg19 "
                              "is given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
                              PERCEPTUALS)
@@ -124,8 +126,6 @@ def collect_features(pipe, kind: str, job, device, sources=()):
         objects = data.defender_objects(kind, job.data.holdout)
         scenes = data.sample_scenes("defender", cfg.n_images, objects, "defense", seed=seed)
         images = to_tensor(scenes.images).to(device)
-        if kind == "benign" and cfg.n_generic:  # generic pictures: kept as the benign ones are, named by nothing
-            images = torch.cat([images, to_tensor(data.generic_images(cfg.n_generic, seed)).to(device)])
         z = [encode_images(pipe.vae, images)]
         prompts = data.sample_scenes("defender", cfg.n_generated, objects, "defense", seed=seed + 1).captions
     if kind == "benign":  # --data.retain_prompts, --data.keep_holdout_prompts: prompts beyond the images
@@ -174,6 +174,15 @@ def train_decoder_moderator(pipe, job, device, perceptual=None, sources=()) -> d
     vae0 = copy.deepcopy(vae).to(dtype).eval().requires_grad_(False)  # D0, the original decoder (frozen)
     z_u, x_u = collect_features(pipe, "unsafe", job, device, sources)
     z_b, x_b = collect_features(pipe, "benign", job, device, sources)
+    if cfg.n_generic and not (job.data.unsafe or job.data.benign):  # generic pictures, kept as the benign ones
+        x_g = to_tensor(data.generic_images(cfg.n_generic, job.seed)).to(device)
+        with torch.no_grad():
+            z_g = encode_images(pipe.vae, x_g)
+            if cfg.generic_filter:  # drop those nearer the defender's unsafe latents than its benign ones
+                near = lambda z: torch.cdist(z_g.flatten(1), z.flatten(1)).min(1).values  # noqa: E731
+                keep = near(z_u) > near(z_b)
+                x_g, z_g = x_g[keep], z_g[keep]
+        z_b, x_b = torch.cat([z_b, z_g]), torch.cat([x_b, x_g])
     vae.requires_grad_(False)
     params = decoder_params(vae)
     for p in params:

@@ -106,6 +106,11 @@ RUNS = [
     *[Run(f"{name}_s{s}", "7.5", f"python moderator.py --moderator.n_generic={n} --data.holdout=ring --seed={s} "
           f"--name={name}_s{s} && python evaluate.py --model=runs/{name}_s{s} --name={name}_s{s} --seed={s}",
           f"runs/{name}_s{s}") for s in (1, 2) for name, n in (("gen2_mod_no_ring", 1024), ("mod_no_ring", 0))],
+    *[Run(name, "7.5", "python moderator.py --moderator.n_generic=1024 --moderator.generic_filter=true "
+          f"{opts}--seed={s} --name={name} && python evaluate.py --model=runs/{name} --name={name} --seed={s}",
+          f"runs/{name}")
+      for name, opts, s in [*((f"gen3_mod_no_ring_s{s}", "--data.holdout=ring ", s) for s in range(3)),
+                            ("gen3_mod_s0", "", 0)]],
     *[Run(f"gen2_mod_s{s}", "7.5", f"python moderator.py --moderator.n_generic=1024 --seed={s} --name=gen2_mod_s{s} "
           f"&& python evaluate.py --model=runs/gen2_mod_s{s} --name=gen2_mod_s{s} --seed={s}", f"runs/gen2_mod_s{s}")
       for s in (1, 2)],
@@ -491,6 +496,9 @@ TABLES = {
     "generic-moderator-seeds": (["mod_plain_s1", "gen2_mod_s1", "mod_plain_s2", "gen2_mod_s2"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "MSE to base", "FD to base"],
         "moderator")),
+    "generic-filter": (["gen2_mod_s0", "gen3_mod_s0", "gen2_mod_no_ring", "gen3_mod_no_ring_s0", "gen2_mod_no_ring_s1",
+                        "gen3_mod_no_ring_s1", "gen2_mod_no_ring_s2", "gen3_mod_no_ring_s2"], lambda R: report_table(
+        _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
     "generic-quickstart": (["quickstart_s0", "gen_quickstart_s0"], lambda R: report_table({
@@ -500,7 +508,8 @@ TABLES = {
     "generic-seeds": (["gen_quickstart_s0", "gen_tax", "pubdec_s1", "pubdec_s2", "gen_attack_s1", "gen_attack_s2"],
                       lambda R: seeds_table(default_seeds(
         R["gen_quickstart_s0"]["report.json"], R["gen_tax"]["tax.json"],
-        {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)}, {s: R[f"gen_attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
+        {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
+        {s: R[f"gen_attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
     "generic-quick": (["quick_open100_s0", "gen_quick"], lambda R: suite_pair({
         "today's default": R["quick_open100_s0"]["attacks.json"], "generic pictures": R["gen_quick"]["attacks.json"]})),
     "generic-tax": (["gen_tax"], lambda R: tax_table(R["gen_tax"]["tax.json"]).split("\n\nEach shape's nearest")[0]),

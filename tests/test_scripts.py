@@ -179,7 +179,8 @@ def test_moderator_trains_only_its_part(world, which, harden):
     base = pipeline.load_pipeline("runs/base")
     before = {p: state(getattr(base, p)) for p in ("unet", "text_encoder", "vae")}
     enc_before = state(base.vae.encoder)
-    moderator.main(tiny_moderator({"moderator.kind": which, "moderator.harden": harden, "moderator.n_generic": 8}))
+    moderator.main(tiny_moderator({"moderator.kind": which, "moderator.harden": harden, "moderator.n_generic": 8,
+                                   "moderator.generic_filter": harden}))
     pipe = pipeline.load_pipeline("runs/moderator")  # the output is a plain diffusers pipeline folder
     assert not changed(before["unet"], pipe.unet.state_dict())
     assert not changed(enc_before, pipe.vae.encoder.state_dict())  # the encoder stays frozen
