@@ -111,6 +111,14 @@ RUNS = [
           f"runs/{name}")
       for name, opts, s in [*((f"gen3_mod_no_ring_s{s}", "--data.holdout=ring ", s) for s in range(3)),
                             ("gen3_mod_s0", "", 0)]],
+    *[Run(f"gen3_s{s}", "7.5", f"cp -r runs/{src}.checkpoint runs/gen3_s{s}.checkpoint && python nft_train.py --resume "
+          f"--seed={s} --moderator.n_generic=1024 --moderator.generic_filter=true --name=gen3_s{s}", f"runs/gen3_s{s}")
+      for s, src in ((0, "quickstart_s0"), (1, "tax_patronus_s1"), (2, "tax_patronus_s2"))],
+    Run("gen3_no_ring", "7.5", "cp -r runs/tax_patronus_no_ring.checkpoint runs/gen3_no_ring.checkpoint && python "
+        "nft_train.py --resume --data.holdout=ring --moderator.n_generic=1024 --moderator.generic_filter=true "
+        "--name=gen3_no_ring", "runs/gen3_no_ring"),
+    Run("gen3_quick", "7.5", "python -m lab.suites --model=runs/gen3_s0 --suite=quick --benign=false --name=gen3_quick",
+        "runs/gen3_quick", ("attacks.json", "suite.json")),
     *[Run(f"gen2_mod_s{s}", "7.5", f"python moderator.py --moderator.n_generic=1024 --seed={s} --name=gen2_mod_s{s} "
           f"&& python evaluate.py --model=runs/gen2_mod_s{s} --name=gen2_mod_s{s} --seed={s}", f"runs/gen2_mod_s{s}")
       for s in (1, 2)],
@@ -510,8 +518,11 @@ TABLES = {
         R["gen_quickstart_s0"]["report.json"], R["gen_tax"]["tax.json"],
         {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
         {s: R[f"gen_attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
-    "generic-quick": (["quick_open100_s0", "gen_quick"], lambda R: suite_pair({
-        "today's default": R["quick_open100_s0"]["attacks.json"], "generic pictures": R["gen_quick"]["attacks.json"]})),
+    "generic-quick": (["quick_open100_s0", "gen_quick", "gen3_quick"], lambda R: suite_pair({
+        "today's default": R["quick_open100_s0"]["attacks.json"], "generic pictures": R["gen_quick"]["attacks.json"],
+        "filtered generic pictures": R["gen3_quick"]["attacks.json"]})),
+    "generic-filter-seeds": ([f"gen3_s{s}" for s in range(3)], lambda R: seeds_table(trained_seeds(
+        [R[f"gen3_s{s}"]["report.json"] for s in range(3)]))),
     "generic-tax": (["gen_tax"], lambda R: tax_table(R["gen_tax"]["tax.json"]).split("\n\nEach shape's nearest")[0]),
 }
 
