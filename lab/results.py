@@ -521,6 +521,7 @@ TABLES = {
     "generic-quick": (["quick_open100_s0", "gen_quick", "gen3_quick"], lambda R: suite_pair({
         "today's default": R["quick_open100_s0"]["attacks.json"], "generic pictures": R["gen_quick"]["attacks.json"],
         "filtered generic pictures": R["gen3_quick"]["attacks.json"]})),
+    "generic-filter-ring": (["gen3_no_ring"], lambda R: report_table(_reports(R), VARIANTS)),
     "generic-filter-seeds": ([f"gen3_s{s}" for s in range(3)], lambda R: seeds_table(trained_seeds(
         [R[f"gen3_s{s}"]["report.json"] for s in range(3)]))),
     "generic-tax": (["gen_tax"], lambda R: tax_table(R["gen_tax"]["tax.json"]).split("\n\nEach shape's nearest")[0]),
