@@ -184,8 +184,8 @@ def generic_images(n: int, seed: int = 0) -> np.ndarray:
     def shape(cx, cy, r):
         theta = np.arctan2(y - cy, x - cx) % (2 * np.pi)
         if rng.random() < 0.5:  # smooth
-            bend = rng.uniform(0, 0.35, (5, 1, 1)) / np.sqrt(k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi, (5, 1, 1)))
-            edge = r * (1 + bend.sum(0))
+            amplitude, phase = rng.uniform(0, 0.35, (5, 1, 1)) / np.sqrt(k), rng.uniform(0, 2 * np.pi, (5, 1, 1))
+            edge = r * (1 + (amplitude * np.cos(k * theta + phase)).sum(0))
         else:  # sharp: corners at random angles and radii, the outline linear in theta between them
             m = int(rng.integers(3, 11))
             angles = np.sort(rng.uniform(0, 2 * np.pi, m))

@@ -55,14 +55,14 @@ class ModeratorConfig:
     n_generic: int = option(0, "pictures that name no concept (data.generic_images: random shapes) added to the "
                             "benign pictures the decoder keeps (pocket world only): 1024 keeps a shape the benign "
                             "data leaves out, and lets a few glyphs through (RESULTS.md, section 7.5)")
+    generic_filter: bool = option(False, "drop the generic pictures whose latents are nearer the defender's unsafe "
+                                  "latents than its benign ones (none got through then; section 7.5)")
     steps: int = option(600, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step (4 for SD at 512 px)")
     lr: float = option(3e-4, "Adam learning rate of the defender")
     w_cal: float = option(10.0, "weight of the calibration loss on benign features")
     w_rec: float = option(1.0, "weight of the reconstruction loss on benign images")
     pixel_weight: float = option(1.0, "weight of the pixel term inside the zero loss")
-    generic_filter: bool = option(False, "drop the generic pictures whose latents are nearer the defender's unsafe "
-                                  "latents than its benign ones")
     perceptual: str = option("auto", "network of the zero loss's perceptual term: auto = vgg19 if --moderator.vgg19 "
                              "is given, the pocket CLIP for the pocket world, else the VAE encoder (perceptual.py)",
                              PERCEPTUALS)

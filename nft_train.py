@@ -321,8 +321,8 @@ def main(cfg: NFTConfig):
         differ = [k for k in now if not resumable(k) and before.get(k, now[k]) != now[k]]
         if differ:
             raise ValueError(f"{ckpt} was written with --{differ[0]}={before[differ[0]]}, not {now[differ[0]]}; "
-                             "resume with the same options (only --steps, --moderator.* and the evaluation may "
-                             "change)")
+                             "resume with the same options (only --steps, --name, the evaluation and --moderator.* "
+                             "other than its kind may change)")
         start = saved["step"]
         pipe = load_pipeline(str(ckpt), device)
         opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
