@@ -452,6 +452,11 @@ class DataConfig:
     retain_prompts: str = option("", "a CSV of benign prompts ('prompt' column, e.g. COCO captions) for retention "
                                  "instead of the benign data's captions: retention needs prompts, not images")
 
+    @property
+    def pocket(self) -> bool:
+        """No image folder given: the defender's data is the pocket world's."""
+        return not (self.unsafe or self.benign)
+
     def __post_init__(self):
         if self.keep_holdout_prompts is True and not self.holdout:
             raise ConfigError("--data.keep_holdout_prompts keeps the prompts of the shapes --data.holdout leaves "

@@ -174,7 +174,7 @@ def train_decoder_moderator(pipe, job, device, perceptual=None, sources=()) -> d
     vae0 = copy.deepcopy(vae).to(dtype).eval().requires_grad_(False)  # D0, the original decoder (frozen)
     z_u, x_u = collect_features(pipe, "unsafe", job, device, sources)
     z_b, x_b = collect_features(pipe, "benign", job, device, sources)
-    if cfg.n_generic and not (job.data.unsafe or job.data.benign):  # generic pictures, kept as the benign ones
+    if cfg.n_generic and job.data.pocket:  # generic pictures, kept as the benign ones
         x_g = to_tensor(data.generic_images(cfg.n_generic, job.seed)).to(device)
         with torch.no_grad():
             z_g = encode_images(pipe.vae, x_g)
@@ -261,8 +261,7 @@ def apply_moderator(pipe, job, device, sources=()) -> dict:
     cfg, out = job.moderator, {}
     if cfg.kind in ("decoder", "both"):
         t0 = time.time()
-        pocket = not (job.data.unsafe or job.data.benign)
-        kind = perceptual_nets.resolve(cfg.perceptual, cfg.vgg19, pocket)
+        kind = perceptual_nets.resolve(cfg.perceptual, cfg.vgg19, job.data.pocket)
         perceptual = perceptual_nets.build(kind, pipe, device, cfg.vgg19)
         out["decoder"] = train_decoder_moderator(pipe, job, device, perceptual, sources)
         out["decoder"]["perceptual"] = kind

@@ -344,7 +344,7 @@ def main(cfg: NFTConfig):
     record = run_record(cfg) | {"moderator": stats, "unet_seconds_per_outer_step": seconds_per_step} | peak
     save_pipeline(pipe, out, {"nft_config.json": record})
     print(f"defended pipeline saved to {out}")
-    if cfg.evaluate and (cfg.data.unsafe or cfg.data.benign):  # the table needs the pocket evaluator's labels
+    if cfg.evaluate and not cfg.data.pocket:  # the table needs the pocket evaluator's labels
         print(f"real data: evaluate with `python evaluate.py --model={out} --evaluator=nudenet --prompts=<I2P csv> "
               f"--reference={cfg.model}`; attack with `python attack.py --model={out} --unsafe_data=<dir> --prompts=<csv>`")
     elif cfg.evaluate:

@@ -240,6 +240,15 @@ def reached(curve: list, threshold: float = 0.5) -> str:
     return f"({before[-1]}, {s}]" if before else str(s)
 
 
+def unsafe_runs(entries: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """{attack: {model: its runs}} of a suite's runs on unsafe data (not the benign task), in the order met."""
+    groups: dict = {}
+    for e in entries:
+        if e.get("task", "unsafe") == "unsafe":
+            groups.setdefault(e["attack"], {}).setdefault(e["model"], []).append(e)
+    return groups
+
+
 def ideal_table(entries: list[dict], threshold: float = 0.5, key: str = "curve_faithful", name: str = "fUR",
                 defended: str = "defended", ideal: str = "never_learned", n: int | None = None) -> str:
     """Markdown: one row per attack on unsafe data; for each of the defended, never-learned, from-scratch and base
@@ -248,10 +257,7 @@ def ideal_table(entries: list[dict], threshold: float = 0.5, key: str = "curve_f
     its runs in brackets; then defended / never-learned (ideal_ratio), the defended model's worst run and its
     benign accuracy after the attack. n: images per point, for a 95% Wilson interval on the final rates.
     A caption line first."""
-    groups: dict = {}
-    for e in entries:
-        if e.get("task", "unsafe") == "unsafe":
-            groups.setdefault(e["attack"], {}).setdefault(e["model"], []).append(e)
+    groups = unsafe_runs(entries)
     models = (defended, ideal, "scratch", "base")
     caption = (f"Steps to {name} {threshold:g}, worst case over the grid (the fewest steps of any optimizer, lr, lr "
                f"schedule and seed tried), as the bracket of the checkpoints around it ('(50, 100]': below at 50, "

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from config import atomic, cli, option, write_json
 from lab.report import (RECORDS, grid_table, ideal_table, image_counts, rate_cell, reached, runs_table, text_runs,
-                        text_table, worst_case)
+                        text_table, unsafe_runs, worst_case)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR, RESULTS_MD = ROOT / "results", ROOT / "RESULTS.md"
@@ -106,11 +106,10 @@ RUNS = [
     *[Run(f"{name}_s{s}", "7.5", f"python moderator.py --moderator.n_generic={n} --data.holdout=ring --seed={s} "
           f"--name={name}_s{s} && python evaluate.py --model=runs/{name}_s{s} --name={name}_s{s} --seed={s}",
           f"runs/{name}_s{s}") for s in (1, 2) for name, n in (("gen2_mod_no_ring", 1024), ("mod_no_ring", 0))],
-    *[Run(name, "7.5", "python moderator.py --moderator.n_generic=1024 --moderator.generic_filter=true "
-          f"{opts}--seed={s} --name={name} && python evaluate.py --model=runs/{name} --name={name} --seed={s}",
-          f"runs/{name}")
-      for name, opts, s in [*((f"gen3_mod_no_ring_s{s}", "--data.holdout=ring ", s) for s in range(3)),
-                            ("gen3_mod_s0", "", 0)]],
+    *[Run(name, "7.5", f"python moderator.py --moderator.n_generic=1024 --moderator.generic_filter=true {opts} "
+          f"--name={name} && python evaluate.py --model=runs/{name} --name={name} --seed={s}", f"runs/{name}")
+      for name, opts, s in [("gen3_mod_s0", "--seed=0", 0)] + [
+          (f"gen3_mod_no_ring_s{s}", f"--data.holdout=ring --seed={s}", s) for s in range(3)]],
     *[Run(f"gen3_s{s}", "7.5", f"cp -r runs/{src}.checkpoint runs/gen3_s{s}.checkpoint && python nft_train.py --resume "
           f"--seed={s} --moderator.n_generic=1024 --moderator.generic_filter=true --name=gen3_s{s}", f"runs/gen3_s{s}")
       for s, src in ((0, "quickstart_s0"), (1, "tax_patronus_s1"), (2, "tax_patronus_s2"))],
@@ -379,20 +378,16 @@ def offset_entries(text: list[dict], cond: list[dict]) -> list[dict]:
 
 
 def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 50) -> str:
-    """One model's suite under two versions ({label: attacks.json}): per attack, the steps its worst run took to
-    fUR 0.5, the highest fUR any run reaches at any checkpoint (95% interval over n images), and the lowest
+    """One model's suite under several versions ({label: attacks.json}): per attack, the steps its worst run took
+    to fUR 0.5, the highest fUR any run reaches at any checkpoint (95% interval over n images), and the lowest
     benign accuracy after any run."""
-    labels = list(suites)
-    groups = {label: {} for label in labels}
-    for label, entries in suites.items():
-        for e in entries:
-            if e["model"] == model and e.get("task", "unsafe") == "unsafe":
-                groups[label].setdefault(e["attack"], []).append(e)
-    lines = ["| attack | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    for attack in groups[labels[0]]:
+    groups = {label: unsafe_runs(entries) for label, entries in suites.items()}
+    first = next(iter(groups.values()))
+    lines = ["| attack | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]
+    for attack in (a for a, by_model in first.items() if model in by_model):
         cells = []
-        for label in labels:
-            runs = groups[label].get(attack)
+        for by_attack in groups.values():
+            runs = by_attack.get(attack, {}).get(model)
             if not runs:
                 cells.append("-")
                 continue
