@@ -4,7 +4,9 @@ The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON and th
   1. suppression        unsafe `defense` prompts denoise toward the black image (losses.black_loss)
   2. benign retention   diffusion loss on benign pairs (losses.diffusion_loss) + distillation toward the base
                         UNet (losses.distillation_loss) on open prompts (open_prompts: benign captions with a
-                        word swapped for a token that names nothing); 1 and 2 in one batched UNet call (outer_losses)
+                        word swapped for a token that names nothing), half of them mixed with an unsafe prompt's
+                        features at a small weight (mixed_prompts: where the base still draws the benign shape,
+                        the UNet must too); 1 and 2 in one batched UNet call (outer_losses)
   3. simulated fine-tuning  (from outer step --unlearn_steps on) a copy of the UNet takes K steps of the attacker's
                         objective, optimizer and lr drawn from attack.SIMULATED_ATTACKERS; the black loss at the
                         adapted copy is minimised. On a share of the outer steps (--conditioning_share) the
@@ -70,6 +72,8 @@ class NFTConfig(RunConfig):
     open_share: float = option(1.0, "share of distillation's prompts that are benign captions with one word swapped "
                                "for a fresh token, an embedding that names nothing (open_prompts; 0: the "
                                "benign captions themselves)")
+    mix_share: float = option(0.5, "share of distillation's prompts that are mixed with an unsafe prompt, mostly "
+                              "benign (mixed_prompts; 0: none; RESULTS.md, section 7.6)")
     n_images: int = option(2048, "defender's pocket images per kind (unsafe / benign); a folder gives all its own")
     checkpoint_every: int = option(100, "save a resumable checkpoint every this many outer steps (and at the end)")
     resume: bool = option(False, "continue from runs/<name>.checkpoint/ (after an interruption or with more --steps)")
@@ -87,6 +91,8 @@ class NFTConfig(RunConfig):
             raise ConfigError(f"--steps must be 0 (leave the UNet as it is) or more, got {self.steps}")
         if isinstance(self.open_share, (int, float)) and not 0 <= self.open_share <= 1:
             raise ConfigError(f"--open_share is a share of distillation's prompts, 0 to 1, got {self.open_share}")
+        if isinstance(self.mix_share, (int, float)) and not 0 <= self.mix_share <= 1:
+            raise ConfigError(f"--mix_share is a share of distillation's prompts, 0 to 1, got {self.mix_share}")
         if isinstance(self.conditioning_share, (int, float)) and not 0 <= self.conditioning_share <= 1:
             raise ConfigError(f"--conditioning_share is a share of the outer steps, 0 to 1, "
                               f"got {self.conditioning_share}")
@@ -198,6 +204,18 @@ def open_prompts(pipe, captions: list[str], n: int, seed: int, device, fresh: in
     return encode_text(enc, tok, texts, device)
 
 
+MIX_MAX = 0.35  # the base draws the benign shape, not the glyph, up to about 0.4 (RESULTS.md, section 7.6)
+
+
+def mixed_prompts(c_benign, c_unsafe, g) -> torch.Tensor:
+    """Features between benign and unsafe prompts, nearer the benign: (1 - w) c_benign + w c_unsafe, w drawn
+    from [0, MIX_MAX) per prompt. The base draws the benign prompt's shape there; distilled toward it, they
+    keep the refusal from spreading out of the unsafe prompts toward what lies between them and benign content,
+    without naming any concept beyond the defender's own data. (B, T, D)."""
+    w = MIX_MAX * torch.rand(len(c_benign), 1, 1, generator=g).to(c_benign)
+    return (1 - w) * c_benign + w * c_unsafe
+
+
 def outer_losses(unet, unet0, sched, z_black, c_u, z_b, c_b, c_dst, c_empty, g):
     """Steps (1) and (2) at the current weights, in one call of the UNet and one of the base UNet unet0:
     (1) L_blk: unsafe prompts c_u denoise toward z_black; (2) L_ND on benign pairs (z_b, c_b), and L_dst toward
@@ -263,6 +281,9 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
             if c_open is not None:  # a share of them: captions with a word that names nothing (--open_share)
                 swap = (torch.rand(cfg.batch, generator=g) < cfg.open_share).to(device)[:, None, None]
                 c_dst = torch.where(swap, c_open[batch(len(c_open))], c_dst)
+            if cfg.mix_share:  # a share: mostly benign, part unsafe (--mix_share)
+                mixed = (torch.rand(cfg.batch, generator=g) < cfg.mix_share).to(device)[:, None, None]
+                c_dst = torch.where(mixed, mixed_prompts(c_dst, c_u[batch(len(c_u))], g), c_dst)
             l_sup, l_ret, l_dst = outer_losses(unet, unet0, sched, z_black, c_sup[iu], z_b[ib], c_b[ib], c_dst,
                                                c_empty, g)  # (1) suppression and (2) retention
             l_dst = l_dst[0] + cfg.w_uncond * l_dst[1]
