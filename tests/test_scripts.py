@@ -269,6 +269,19 @@ def test_open_prompts_swap_one_word_for_a_fresh_token_and_leave_the_tokenizer(wo
         tiny_nft(open_share=1.5)
 
 
+def test_mixed_prompts_lie_between_benign_and_unsafe_nearer_the_benign():
+    """Each mixed prompt is (1 - w) benign + w unsafe with one w per prompt in [0, MIX_MAX): mostly benign."""
+    g = torch.Generator().manual_seed(0)
+    c_b, c_u = torch.randn(64, 5, 8, generator=g), torch.randn(64, 5, 8, generator=g)
+    mixed = nft_train.mixed_prompts(c_b, c_u, torch.Generator().manual_seed(1))
+    w = ((mixed - c_b) / (c_u - c_b)).flatten(1)  # (64, 40): the same weight across a prompt's features
+    assert torch.allclose(w, w[:, :1].expand_as(w), atol=1e-4)
+    assert 0 <= w.min() and w.max() < nft_train.MIX_MAX and w[:, 0].std() > 0.05
+    assert torch.equal(mixed, nft_train.mixed_prompts(c_b, c_u, torch.Generator().manual_seed(1)))
+    with pytest.raises(ConfigError, match="mix_share"):
+        tiny_nft(mix_share=-0.1)
+
+
 def test_same_seed_same_weights_and_resume_continues_exactly(world):
     """With --conditioning_share=0.25, seed 0 draws the weight attacker at outer steps 0 and 2 and the
     conditioning attacker at 1 and 3: the resumed run needs the conditioning attacker's offset and Adam state

@@ -4,7 +4,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import data
 from config import ConfigError
@@ -58,3 +60,30 @@ def test_tax_trains_each_seed_and_each_left_out_shape_then_reuses_them(world, mo
     again = tax.main(cfg)  # every model up to date, every measurement taken from tax.json
     assert again == json.loads(json.dumps(result)) and Path("runs/tax/tax.md").read_text() == md
     assert stamps == {f: os.path.getmtime(f) for f in stamps}
+
+
+def test_mix_curve_counts_refusals_at_each_weight_of_the_unsafe_prompt(world, monkeypatch):
+    """lab/mixes.py: the weight reaches the conditioning (a stand-in generator that draws black exactly where
+    the conditioning is not the benign prompt's), and the command writes its table on the tiny world."""
+    from lab import mixes
+    from pipeline import encode_text, load_pipeline
+
+    pipe = load_pipeline("runs/base")
+    benign = encode_text(pipe.text_encoder, pipe.tokenizer, [f"a {c} {data.BENIGN[b][0][0]}" for b in data.BENIGN
+                                                              for c in data.COLOURS], pipe.device)
+
+    def fake(_pipe, prompts, seeds, steps, embeds):
+        is_benign = [any(torch.equal(e, b) for b in benign) for e in embeds]
+        return np.stack([np.full((32, 32, 3), 0.6 if keep else 0.0, np.float32) for keep in is_benign])
+
+    monkeypatch.setattr(mixes, "generate", fake)
+    curve = mixes.mix_curve(pipe, mixes.ensure_evaluator(), repeats=2, weights=(0.0, 0.3, 1.0))
+    assert [c["black"] for c in curve.values()] == [0.0, 1.0, 1.0]
+    assert all(c["n"] == 2 * len(data.UNSAFE) * len(data.BENIGN) * len(data.COLOURS) for c in curve.values())
+    monkeypatch.undo()
+    mixes.main(mixes.MixConfig(model="runs/base", repeats=1, sample_steps=2))
+    saved = json.loads(Path("runs/mixes_base/mixes.json").read_text())["curve"]
+    assert list(saved) == [str(w) for w in mixes.WEIGHTS]
+    assert all(0 <= c["black"] + c["glyph"] + c["shape"] <= 1 for c in saved.values())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mixes.main(mixes.MixConfig(model="runs/missing"))
