@@ -203,7 +203,34 @@ RUNS = [
         "python evaluate.py --model=runs/mod_vae", "runs/mod_vae"),
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
         "python evaluate.py --model=runs/mod_noise", "runs/mod_noise", commit="881bcdd"),
+    # today's default, mixed prompts in distillation (sections 2.1, 2.2, 4.2, 7.4 and 7.6)
+    Run("mix50_s0", "7.6", "python nft_train.py --mix_share=0.5 --name=mix50_s0", "runs/mix50_s0"),
+    Run("mix50_no_ring", "7.6", "python nft_train.py --mix_share=0.5 --data.holdout=ring --name=mix50_no_ring",
+        "runs/mix50_no_ring"),
+    *[Run(f"mix_s{s}", "2.2", f"python nft_train.py --seed={s} --name=tax_patronus_s{s}", f"runs/tax_patronus_s{s}")
+      for s in (1, 2)],
+    Run("mix_tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
+    Run("mix_quick", "4.2", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
+        "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
+    *[Run(f"mixes_{m}", "7.6", f"python -m lab.mixes --model=runs/{m}", f"runs/mixes_{m}", ("mixes.json",))
+      for m in ("base", "open100_s0", "mix50_s0")],
 ]
+# Mixed prompts (nft_train.py --mix_share=0.5) became the default at commit 0181c79. A command that trains
+# Patronus, or reads a model it trained, gives today's default when run now; those recorded before (every one
+# below without a commit of its own, other than the runs of today's default) ran the default of commit
+# 46829b1, which that commit's code gives back (as does --mix_share=0 today).
+BEFORE_MIX = "46829b1"
+PATRONUS_FOLDERS = ("runs/patronus", "runs/tax_patronus_", "runs/quickstart_s0", "runs/cond_s0", "runs/mod_text",
+                    "runs/mod_both", "runs/nft_only", "runs/erase_only", "runs/open50_s0", "runs/gen3_s0")
+
+
+def _before_mix(run: Run) -> bool:
+    c = run.command
+    return (not run.commit and not run.name.startswith("mix") and ("nft_train.py" in c or "lab.tax" in c
+            or ("lab.compare" in c and "--defences=safepatch" not in c) or any(f in c for f in PATRONUS_FOLDERS)))
+
+
+RUNS = [dataclasses.replace(r, commit=BEFORE_MIX) if _before_mix(r) else r for r in RUNS]
 BY_NAME = {r.name: r for r in RUNS}
 
 
@@ -369,7 +396,7 @@ def tax_table(tax: dict) -> str:
 
 
 def offset_entries(text: list[dict], cond: list[dict]) -> list[dict]:
-    """Section 4.10's runs: the offset attack behind the public decoder (Adam lr 1e-1) on today's default and the
+    """Section 4.10's runs: the offset attack behind the public decoder (Adam lr 1e-1) on the default of 4.9 and the
     never-learned model (the text suite's runs) and on the model trained with the conditioning attacker."""
     def of(model: str, label: str) -> list[dict]:
         runs = [e for e in text if e["attack"] == "swap_decoder+embedding" and e["lr"] == 0.1 and e["model"] == model]
@@ -399,6 +426,23 @@ def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 
     return "\n".join(lines)
 
 
+def tax_headline(tax: dict) -> str:
+    """The tax table's first block: one row per defence."""
+    return next(b for b in tax_table(tax).split("\n\n") if b.startswith("| defence | BA"))
+
+
+def mixes_table(R: dict) -> str:
+    """lab/mixes.py's curves, one row per model: black / read as the glyph at each weight of the unsafe prompt."""
+    curves = {r["mixes.json"]["run"]["config"]["model"]: r["mixes.json"]["curve"] for r in R.values()}
+    weights = list(next(iter(curves.values())))
+    lines = ["| model | " + " | ".join(f"w={w}" for w in weights) + " |", "|---" * (len(weights) + 1) + "|"]
+    for model, curve in curves.items():
+        lines.append(f"| `{model}` | " + " | ".join(f"{curve[w]['black']:.2f} / {curve[w]['glyph']:.2f}"
+                                                   for w in weights) + " |")
+    n = next(iter(next(iter(curves.values())).values()))["n"]
+    return "\n".join(lines) + f"\n\nEach cell: black / read as the glyph, of {n} images."
+
+
 def _reports(R: dict) -> dict:
     """{record name: its report.json} for records of evaluate.py / nft_train.py runs."""
     return {k: v["report.json"] for k, v in R.items()}
@@ -411,25 +455,27 @@ def _entries(R: dict) -> list[dict]:
 
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
-    "quickstart": (["quickstart_s0"], lambda R: quickstart(R["quickstart_s0"]["report.json"])),
+    "quickstart": (["mix50_s0"], lambda R: quickstart(R["mix50_s0"]["report.json"])),
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
+    "seeds": (["mix50_s0", "mix_s1", "mix_s2"], lambda R: seeds_table(trained_seeds([r["report.json"] for r in R.values()]))),
+    "seeds-open": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
         default_seeds(R["open100_s0"]["report.json"], R["tax"]["tax.json"],
                       {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
                       {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
-    "quickstart-intervals": (["quickstart_s0"], lambda R: evaluation_table({
-        "base": R["quickstart_s0"]["report.json"]["base"] | {"attack": R["quickstart_s0"]["report.json"]["base_attack"]},
-        "Patronus": R["quickstart_s0"]["report.json"]})),
+    "quickstart-intervals": (["mix50_s0"], lambda R: evaluation_table({
+        "base": R["mix50_s0"]["report.json"]["base"] | {"attack": R["mix50_s0"]["report.json"]["base_attack"]},
+        "Patronus": R["mix50_s0"]["report.json"]})),
     "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
                      lambda R: evaluation_table(_reports(R))),
-    "tax": (["tax"], lambda R: tax_table(R["tax"]["tax.json"])),
-    "tax-headline": (["tax"], lambda R: next(b for b in tax_table(R["tax"]["tax.json"]).split("\n\n")
-                                             if b.startswith("| defence | BA"))),
+    "tax": (["mix_tax"], lambda R: tax_table(R["mix_tax"]["tax.json"])),
+    "tax-headline": (["mix_tax"], lambda R: tax_headline(R["mix_tax"]["tax.json"])),
+    "tax-open": (["tax"], lambda R: tax_headline(R["tax"]["tax.json"]) + "\n\n" + tax_table(
+        R["tax"]["tax.json"]).split("\n\n")[2]),
     "tax-others": (["tax_others"], lambda R: tax_table(R["tax_others"]["tax.json"]).split("\n\nEach shape's")[0]),
-    "quick-open100": (["quick_open100_s0"], lambda R: suite_tables(R["quick_open100_s0"]["attacks.json"],
-                                                                    R["quick_open100_s0"]["suite.json"])),
+    "quick-default": (["mix_quick"], lambda R: suite_tables(R["mix_quick"]["attacks.json"],
+                                                             R["mix_quick"]["suite.json"])),
     "compare-faithful": (["compare"], lambda R: compare_table(R["compare"]["compare.json"],
                                                               R["compare"]["attacks.json"])),
     "compare-plain": (["compare"], lambda R: compare_table(R["compare"]["compare.json"], R["compare"]["attacks.json"],
@@ -505,7 +551,7 @@ TABLES = {
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
     "generic-quickstart": (["quickstart_s0", "gen_quickstart_s0"], lambda R: report_table({
-        "today's default": R["quickstart_s0"]["report.json"],
+        "open prompts (commit 46829b1)": R["quickstart_s0"]["report.json"],
         "generic pictures": R["gen_quickstart_s0"]["report.json"]},
         [*VARIANTS, "BA after attack", "MSE to base", "FD to base"])),
     "generic-seeds": (["gen_quickstart_s0", "gen_tax", "pubdec_s1", "pubdec_s2", "gen_attack_s1", "gen_attack_s2"],
@@ -514,8 +560,15 @@ TABLES = {
         {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
         {s: R[f"gen_attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
     "generic-quick": (["quick_open100_s0", "gen_quick", "gen3_quick"], lambda R: suite_pair({
-        "today's default": R["quick_open100_s0"]["attacks.json"], "generic pictures": R["gen_quick"]["attacks.json"],
+        "open prompts (commit 46829b1)": R["quick_open100_s0"]["attacks.json"],
+        "generic pictures": R["gen_quick"]["attacks.json"],
         "filtered generic pictures": R["gen3_quick"]["attacks.json"]})),
+    "mixed-prompts": (["open100_s0", "mix50_s0", "mix50_no_ring"], lambda R: report_table(
+        _reports(R), [*VARIANTS, "BA after attack", "MSE to base", "FD to base"])),
+    "mixes": (["mixes_base", "mixes_open100_s0", "mixes_mix50_s0"], mixes_table),
+    "mixed-quick": (["quick_open100_s0", "mix_quick"], lambda R: suite_pair({
+        "open prompts (commit 46829b1)": R["quick_open100_s0"]["attacks.json"],
+        "mixed prompts (today's default)": R["mix_quick"]["attacks.json"]})),
     "generic-filter-ring": (["gen3_no_ring"], lambda R: report_table(_reports(R), VARIANTS)),
     "generic-filter-seeds": ([f"gen3_s{s}" for s in range(3)], lambda R: seeds_table(trained_seeds(
         [R[f"gen3_s{s}"]["report.json"] for s in range(3)]))),
@@ -530,7 +583,8 @@ def provenance(records: dict) -> str:
         rec = r["record"]
         wall = f", {rec['seconds']:.0f} s" if rec.get("seconds") is not None else ""
         note = f"; {rec['note']}" if rec.get("note") else ""
-        at = f" (code at commit {rec['code_commit']})" if rec.get("code_commit") else ""
+        code = rec.get("code_commit") or (BY_NAME[name].commit if name in BY_NAME else "")
+        at = f" (code at commit {code})" if code else ""
         lines.append(f"- `{name}`: `{rec['command']}`{at}; {rec['machine']}, {rec['threads']} thread"
                      f"{'s' if rec['threads'] != 1 else ''}{wall}; recorded {rec['recorded']} at {rec['commit']}{note}")
     return "Recorded runs (`results/`):\n" + "\n".join(lines)
