@@ -212,6 +212,9 @@ RUNS = [
     Run("mix_tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
     Run("mix_quick", "4.2", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
         "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
+    *[Run(f"mix_emb_s{s}", "7.6", f"python attack.py --model=runs/mix50_s0 --attack=swap_decoder+embedding --lr=0.1 "
+          f"--steps=200 --checkpoints=0,50,100,200 --n_images=512 --seed={s} --save=false --name=mix_emb_s{s}",
+          f"runs/mix_emb_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
     *[Run(f"mixes_{m}", "7.6", f"python -m lab.mixes --model=runs/{m}", f"runs/mixes_{m}", ("mixes.json",))
       for m in ("base", "open100_s0", "mix50_s0")],
 ]
@@ -565,6 +568,8 @@ TABLES = {
         "filtered generic pictures": R["gen3_quick"]["attacks.json"]})),
     "mixed-prompts": (["open100_s0", "mix50_s0", "mix50_no_ring"], lambda R: report_table(
         _reports(R), [*VARIANTS, "BA after attack", "MSE to base", "FD to base"])),
+    "mixed-offset": (["text", "mix_emb_s0", "mix_emb_s1", "mix_emb_s2"], lambda R: runs_table(
+        offset_entries(R["text"]["attacks.json"], [e for s in range(3) for e in R[f"mix_emb_s{s}"]["attacks.json"]]), n=50)),
     "mixes": (["mixes_base", "mixes_open100_s0", "mixes_mix50_s0"], mixes_table),
     "mixed-quick": (["quick_open100_s0", "mix_quick"], lambda R: suite_pair({
         "open prompts (commit 46829b1)": R["quick_open100_s0"]["attacks.json"],
