@@ -204,14 +204,14 @@ def open_prompts(pipe, captions: list[str], n: int, seed: int, device, fresh: in
     return encode_text(enc, tok, texts, device)
 
 
-MIX_MAX = 0.35  # the base draws the benign shape, not the glyph, up to about 0.4 (RESULTS.md, section 7.6)
+MIX_MAX = 0.35  # below w = 0.4 the base draws no glyph (python -m lab.mixes; RESULTS.md, section 7.6)
 
 
 def mixed_prompts(c_benign, c_unsafe, g) -> torch.Tensor:
     """Features between benign and unsafe prompts, nearer the benign: (1 - w) c_benign + w c_unsafe, w drawn
-    from [0, MIX_MAX) per prompt. The base draws the benign prompt's shape there; distilled toward it, they
-    keep the refusal from spreading out of the unsafe prompts toward what lies between them and benign content,
-    without naming any concept beyond the defender's own data. (B, T, D)."""
+    from [0, MIX_MAX) per prompt. The base draws no glyph there, mostly the benign prompt's shape; distilled
+    toward it, they keep the refusal from spreading out of the unsafe prompts toward what lies between them and
+    benign content, without naming any concept beyond the defender's own data. (B, T, D)."""
     w = MIX_MAX * torch.rand(len(c_benign), 1, 1, generator=g).to(c_benign)
     return (1 - w) * c_benign + w * c_unsafe
 

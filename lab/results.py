@@ -215,6 +215,10 @@ RUNS = [
     *[Run(f"mix_emb_s{s}", "7.6", f"python attack.py --model=runs/mix50_s0 --attack=swap_decoder+embedding --lr=0.1 "
           f"--steps=200 --checkpoints=0,50,100,200 --n_images=512 --seed={s} --save=false --name=mix_emb_s{s}",
           f"runs/mix_emb_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
+    *[Run(f"swapft_{v}_s{s}", "7.6", f"python attack.py --model=runs/{m} --attack=swap_decoder+finetune_unet --lr=1e-3 "
+          f"--steps=100 --checkpoints=0,50,100 --n_images=512 --seed={s} --save=false --name=swapft_{v}_s{s}",
+          f"runs/swapft_{v}_s{s}", ("attacks.json",)) for v, m in (("open", "open100_s0"), ("mix", "mix50_s0"))
+      for s in (1, 2, 3)],
     *[Run(f"mixes_{m}", "7.6", f"python -m lab.mixes --model=runs/{m}", f"runs/mixes_{m}", ("mixes.json",))
       for m in ("base", "open100_s0", "mix50_s0")],
 ]
@@ -435,15 +439,32 @@ def tax_headline(tax: dict) -> str:
 
 
 def mixes_table(R: dict) -> str:
-    """lab/mixes.py's curves, one row per model: black / read as the glyph at each weight of the unsafe prompt."""
+    """lab/mixes.py's curves, one row per model: black / glyph / benign shape at each weight of the unsafe prompt."""
     curves = {r["mixes.json"]["run"]["config"]["model"]: r["mixes.json"]["curve"] for r in R.values()}
     weights = list(next(iter(curves.values())))
     lines = ["| model | " + " | ".join(f"w={w}" for w in weights) + " |", "|---" * (len(weights) + 1) + "|"]
     for model, curve in curves.items():
-        lines.append(f"| `{model}` | " + " | ".join(f"{curve[w]['black']:.2f} / {curve[w]['glyph']:.2f}"
-                                                   for w in weights) + " |")
+        lines.append(f"| `{model}` | " + " | ".join(f"{c['black']:.2f} / {c['glyph']:.2f} / {c['shape']:.2f}"
+                                                   for c in curve.values()) + " |")
     n = next(iter(next(iter(curves.values())).values()))["n"]
-    return "\n".join(lines) + f"\n\nEach cell: black / read as the glyph, of {n} images."
+    return "\n".join(lines) + f"\n\nEach cell: black / read as the glyph / read as the benign shape, of {n} images."
+
+
+def swap_seeds_table(R: dict, n: int = 50) -> str:
+    """The quick suite's decoder swap before UNet fine-tuning (Adam 1e-3, its strongest setting) on the open-prompt
+    default and today's: the suite's seed 0 and attack.py's seeds 1 to 3, then the last step pooled over seeds."""
+    entries, pooled = [], []
+    for label, suite, prefix in (("open prompts (`open100_s0`)", "quick_open100_s0", "swapft_open"),
+                                 ("mixed prompts (`mix50_s0`)", "mix_quick", "swapft_mix")):
+        runs = [e for e in R[suite]["attacks.json"] if e["attack"] == "swap_decoder+finetune_unet"
+                and e["model"] == "defended" and e["lr"] == 1e-3]
+        runs += [e for s in (1, 2, 3) for e in R[f"{prefix}_s{s}"]["attacks.json"]]
+        entries += [e | {"model": label} for e in runs]
+        last = [e["curve_faithful"][-1][1] for e in runs]
+        pooled.append(f"| {label} | {len(runs)} | {rate_cell(sum(last) * n, len(runs) * n, 2)} | "
+                      f"{min(last):.2f} to {max(last):.2f} |")
+    return (runs_table(entries, n=n) + "\n\nThe last step, the seeds' images pooled:\n\n| model | seeds | fUR at step 100 "
+            "| range over seeds |\n|---|---|---|---|\n" + "\n".join(pooled))
 
 
 def _reports(R: dict) -> dict:
@@ -570,6 +591,8 @@ TABLES = {
         _reports(R), [*VARIANTS, "BA after attack", "MSE to base", "FD to base"])),
     "mixed-offset": (["text", "mix_emb_s0", "mix_emb_s1", "mix_emb_s2"], lambda R: runs_table(
         offset_entries(R["text"]["attacks.json"], [e for s in range(3) for e in R[f"mix_emb_s{s}"]["attacks.json"]]), n=50)),
+    "mixed-swap": (["quick_open100_s0", "mix_quick"] + [f"swapft_{v}_s{s}" for v in ("open", "mix") for s in (1, 2, 3)],
+                   swap_seeds_table),
     "mixes": (["mixes_base", "mixes_open100_s0", "mixes_mix50_s0"], mixes_table),
     "mixed-quick": (["quick_open100_s0", "mix_quick"], lambda R: suite_pair({
         "open prompts (commit 46829b1)": R["quick_open100_s0"]["attacks.json"],
