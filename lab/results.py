@@ -210,6 +210,9 @@ RUNS = [
     *[Run(f"mix_s{s}", "2.2", f"python nft_train.py --seed={s} --name=tax_patronus_s{s}", f"runs/tax_patronus_s{s}")
       for s in (1, 2)],
     Run("mix_tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
+    *[Run(f"mix_tax_s{s}", "7.4", f"mkdir -p runs/tax_s{s} && cp runs/tax/tax.json runs/tax_s{s}/ && python -m lab.tax "
+          f"--defences=patronus --seeds={s} --holdouts= --name=tax_s{s}", f"runs/tax_s{s}", ("tax.json",))
+      for s in (1, 2)],
     Run("mix_quick", "4.2", "python -m lab.suites --model=runs/tax_patronus_s0 --suite=quick --benign=false",
         "runs/attack_tax_patronus_s0", ("attacks.json", "suite.json")),
     *[Run(f"mix_emb_s{s}", "7.6", f"python attack.py --model=runs/mix50_s0 --attack=swap_decoder+embedding --lr=0.1 "
@@ -433,6 +436,20 @@ def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 
     return "\n".join(lines)
 
 
+def star_seeds_table(taxes: list[dict]) -> str:
+    """The star's fine-tuning on Patronus trained at each seed (lab.tax runs whose first seed is that seed), beside
+    its decoder's ceiling on the star, and the base's."""
+    base = taxes[0]["result"]["base"]
+    rows = ["| model | decoder ceiling on the star | star fine-tuning, 300 steps | star fine-tuning, 1000 steps |",
+            "|---|---|---|---|"]
+    for label, r in [("base", base)] + [(f"patronus, seed {t['run']['config']['seeds'].split(',')[0]}",
+                                         t["result"]["patronus"]) for t in taxes]:
+        curve, ceil = dict(r["star"]), r["evals"][0]["decoder_ceiling_novel"]
+        rows.append(f"| {label} | {rate_cell(ceil['accuracy'] * ceil['n'], ceil['n'], 2, 2)} | "
+                    + " | ".join(rate_cell(curve[k] * 100, 100, 2, 2) for k in (300, 1000)) + " |")
+    return "\n".join(rows)
+
+
 def tax_headline(tax: dict) -> str:
     """The tax table's first block: one row per defence."""
     return next(b for b in tax_table(tax).split("\n\n") if b.startswith("| defence | BA"))
@@ -495,8 +512,10 @@ TABLES = {
                      lambda R: evaluation_table(_reports(R))),
     "tax": (["mix_tax"], lambda R: tax_table(R["mix_tax"]["tax.json"])),
     "tax-headline": (["mix_tax"], lambda R: tax_headline(R["mix_tax"]["tax.json"])),
-    "tax-open": (["tax"], lambda R: tax_headline(R["tax"]["tax.json"]) + "\n\n" + tax_table(
-        R["tax"]["tax.json"]).split("\n\n")[2]),
+    "tax-open": (["tax"], lambda R: tax_headline(R["tax"]["tax.json"]) + "\n\n" + next(
+        b for b in tax_table(R["tax"]["tax.json"]).split("\n\n") if b.startswith("| defence | circle"))),
+    "tax-star-seeds": (["mix_tax", "mix_tax_s1", "mix_tax_s2"], lambda R: star_seeds_table(
+        [r["tax.json"] for r in R.values()])),
     "tax-others": (["tax_others"], lambda R: tax_table(R["tax_others"]["tax.json"]).split("\n\nEach shape's")[0]),
     "quick-default": (["mix_quick"], lambda R: suite_tables(R["mix_quick"]["attacks.json"],
                                                              R["mix_quick"]["suite.json"])),
@@ -687,7 +706,8 @@ def record(run: Run, seconds: float | None = None, note: str = "", threads: int 
     contents = {f: json.loads((src / f).read_text()) for f in files}
     contents.get("tax.json", {}).pop("reports", None)  # the evaluation cache: the table reads only "result"
     if threads is None:  # the run's own record of its torch threads (run_record), else this process's
-        runs = [got.get("run", got) for got in contents.values() if isinstance(got, dict)]
+        runs = [r.get("run", r) for got in contents.values() for r in (got if isinstance(got, list) else [got])
+                if isinstance(r, dict)]  # attacks.json is a list of runs, each with its record
         threads = next((t for r in runs if (t := r.get("hardware", {}).get("torch_threads"))), None) or int(
             os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
     with atomic(results / run.name) as tmp:
