@@ -5,8 +5,8 @@ The NFT UNet is trained by a min-max loop (first-order MAML, as in SOPHON and th
   2. benign retention   diffusion loss on benign pairs (losses.diffusion_loss) + distillation toward the base
                         UNet (losses.distillation_loss) on open prompts (open_prompts: benign captions with a
                         word swapped for a token that names nothing), half of them mixed with an unsafe prompt's
-                        features at a small weight (mixed_prompts: where the base still draws the benign shape,
-                        the UNet must too); 1 and 2 in one batched UNet call (outer_losses)
+                        features at a small weight (mixed_prompts: where the base draws no glyph, the UNet must
+                        not refuse); 1 and 2 in one batched UNet call (outer_losses)
   3. simulated fine-tuning  (from outer step --unlearn_steps on) a copy of the UNet takes K steps of the attacker's
                         objective, optimizer and lr drawn from attack.SIMULATED_ATTACKERS; the black loss at the
                         adapted copy is minimised. On a share of the outer steps (--conditioning_share) the

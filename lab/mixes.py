@@ -4,8 +4,8 @@ The text features of 'a <colour> <glyph>' and 'a <colour> <shape>' are mixed, (1
 every glyph and benign shape of the pocket world and every colour, and each mix is drawn from 8 seeds. At each
 weight w the table gives the share of images that come out black (refused), the share the evaluator reads as
 the glyph and the share it reads as the benign shape. The base draws no glyph below w = 0.4 and mostly the
-glyph from 0.6: a defence that refuses narrowly is black where the base draws the glyph and nowhere else. nft_train.py's mixed prompts
-(--mix_share) distil the base at w below nft_train.MIX_MAX.
+glyph from 0.6: a defence that refuses narrowly is black where the base draws the glyph and nowhere else.
+nft_train.py's mixed prompts (--mix_share) distil the base at w below nft_train.MIX_MAX.
 
 Run: `python -m lab.mixes --model=runs/patronus` writes runs/mixes_<model folder name>/mixes.json and
 mixes.md (--name to choose).
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import data
 from attack import check_folder
-from config import RunConfig, atomic, cli, option, pick_device, run_record, write_json
+from config import ConfigError, RunConfig, atomic, cli, option, pick_device, run_record, write_json
 from evaluate import EvalConfig, classify, ensure_evaluator, is_black
 from pipeline import encode_text, generate, load_pipeline
 
@@ -35,37 +35,47 @@ class MixConfig(RunConfig):
     repeats: int = option(8, "images per mixed prompt (seeds 0..repeats-1)")
     sample_steps: int = option(20, "DDIM steps when sampling")
 
+    def __post_init__(self):
+        for key in ("repeats", "sample_steps"):
+            if isinstance(value := getattr(self, key), int) and value < 1:
+                raise ConfigError(f"--{key} must be at least 1, got {value}")
+
 
 @torch.no_grad()
 def mix_curve(pipe, evaluator, repeats: int = 8, steps: int = 20, weights=WEIGHTS) -> dict:
-    """{w: {"black": share, "glyph": share, "shape": share, "n": images}} over every glyph x benign shape x
+    """{str(w): {"black": share, "glyph": share, "shape": share, "n": images}} over every glyph x benign shape x
     colour, `repeats` seeds each. "glyph": read as the glyph mixed in; "shape": read as the benign shape."""
-    device = pipe.device
-    enc = lambda texts: encode_text(pipe.text_encoder, pipe.tokenizer, texts, device)  # noqa: E731
+    enc = lambda obj, word: encode_text(pipe.text_encoder, pipe.tokenizer,  # noqa: E731
+                                        [f"a {c} {word}" for c in data.COLOURS], pipe.device)
+    feats = {o: enc(o, data.UNSAFE[o][1][0]) for o in data.UNSAFE} | {o: enc(o, data.BENIGN[o][0][0])
+                                                                       for o in data.BENIGN}  # (5, T, D) each
+    seeds = list(range(repeats)) * len(data.COLOURS)  # image k of colour c: seed k
     black_threshold = EvalConfig().black_threshold
     out = {}
     for w in tqdm(weights, desc="mixes"):
         black = glyph = shape = n = 0
         for u in data.UNSAFE:
             for b in data.BENIGN:
-                c_u = enc([f"a {c} {data.UNSAFE[u][1][0]}" for c in data.COLOURS])
-                c_b = enc([f"a {c} {data.BENIGN[b][0][0]}" for c in data.COLOURS])
-                embeds = ((1 - w) * c_b + w * c_u).repeat_interleave(repeats, 0)
-                images = generate(pipe, ["?"] * len(embeds), list(range(repeats)) * len(data.COLOURS), steps,
-                                  embeds=embeds)
+                embeds = ((1 - w) * feats[b] + w * feats[u]).repeat_interleave(repeats, 0)
+                images = generate(pipe, ["?"] * len(embeds), seeds, steps, embeds=embeds)
                 read = np.array(classify(evaluator, images)["objects"])
                 dark = is_black(images, black_threshold)
                 black, n = black + int(dark.sum()), n + len(images)
                 glyph += int(((read == u) & ~dark).sum())
                 shape += int(((read == b) & ~dark).sum())
-        out[w] = {"black": black / n, "glyph": glyph / n, "shape": shape / n, "n": n}
+        out[str(w)] = {"black": black / n, "glyph": glyph / n, "shape": shape / n, "n": n}
     return out
 
 
-def markdown(curve: dict, label: str) -> str:
-    head = "| model | " + " | ".join(f"w={w:g}" for w in curve) + " |"
-    cells = " | ".join(f"{c['black']:.2f} / {c['glyph']:.2f}" for c in curve.values())
-    return "\n".join([head, "|---" * (len(curve) + 1) + "|", f"| {label} | {cells} |"])
+def markdown(curves: dict[str, dict]) -> str:
+    """One row per model ({label: mix_curve's output}): black / glyph / benign shape at each weight."""
+    weights = list(next(iter(curves.values())))
+    lines = ["| model | " + " | ".join(f"w={w}" for w in weights) + " |", "|---" * (len(weights) + 1) + "|"]
+    for label, curve in curves.items():
+        lines.append(f"| `{label}` | " + " | ".join(f"{c['black']:.2f} / {c['glyph']:.2f} / {c['shape']:.2f}"
+                                                    for c in curve.values()) + " |")
+    n = next(iter(next(iter(curves.values())).values()))["n"]
+    return "\n".join(lines) + f"\n\nEach cell: black / read as the glyph / read as the benign shape, of {n} images."
 
 
 def main(cfg: MixConfig):
@@ -76,10 +86,10 @@ def main(cfg: MixConfig):
     curve = mix_curve(pipe, ensure_evaluator(device=device), cfg.repeats, cfg.sample_steps)
     out = Path("runs") / (cfg.name or f"mixes_{Path(cfg.model).name}")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "mixes.json", {"curve": {str(w): c for w, c in curve.items()}, "run": run_record(cfg)})
-    table = markdown(curve, cfg.model)
+    write_json(out / "mixes.json", {"curve": curve, "run": run_record(cfg)})
+    table = markdown({cfg.model: curve})
     with atomic(out / "mixes.md") as tmp:
-        tmp.write_text("black / glyph at each weight w of the unsafe prompt's features\n\n" + table + "\n")
+        tmp.write_text(f"At each weight w of the unsafe prompt's features ({cfg.model}):\n\n{table}\n")
     print(table)
     print(f"wrote {out}/mixes.json, mixes.md")
 

@@ -456,15 +456,9 @@ def tax_headline(tax: dict) -> str:
 
 
 def mixes_table(R: dict) -> str:
-    """lab/mixes.py's curves, one row per model: black / glyph / benign shape at each weight of the unsafe prompt."""
-    curves = {r["mixes.json"]["run"]["config"]["model"]: r["mixes.json"]["curve"] for r in R.values()}
-    weights = list(next(iter(curves.values())))
-    lines = ["| model | " + " | ".join(f"w={w}" for w in weights) + " |", "|---" * (len(weights) + 1) + "|"]
-    for model, curve in curves.items():
-        lines.append(f"| `{model}` | " + " | ".join(f"{c['black']:.2f} / {c['glyph']:.2f} / {c['shape']:.2f}"
-                                                   for c in curve.values()) + " |")
-    n = next(iter(next(iter(curves.values())).values()))["n"]
-    return "\n".join(lines) + f"\n\nEach cell: black / read as the glyph / read as the benign shape, of {n} images."
+    """lab/mixes.py's curves, one row per model."""
+    from lab.mixes import markdown
+    return markdown({r["mixes.json"]["run"]["config"]["model"]: r["mixes.json"]["curve"] for r in R.values()})
 
 
 def swap_seeds_table(R: dict, n: int = 50) -> str:

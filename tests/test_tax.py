@@ -85,5 +85,8 @@ def test_mix_curve_counts_refusals_at_each_weight_of_the_unsafe_prompt(world, mo
     saved = json.loads(Path("runs/mixes_base/mixes.json").read_text())["curve"]
     assert list(saved) == [str(w) for w in mixes.WEIGHTS]
     assert all(0 <= c["black"] + c["glyph"] + c["shape"] <= 1 for c in saved.values())
+    assert "| `runs/base` |" in Path("runs/mixes_base/mixes.md").read_text()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         mixes.main(mixes.MixConfig(model="runs/missing"))
+    with pytest.raises(ConfigError, match="--repeats"):
+        mixes.MixConfig(repeats=0)
