@@ -76,11 +76,11 @@ def test_mix_curve_counts_refusals_at_each_weight_of_the_unsafe_prompt(world, mo
         is_benign = [any(torch.equal(e, b) for b in benign) for e in embeds]
         return np.stack([np.full((32, 32, 3), 0.6 if keep else 0.0, np.float32) for keep in is_benign])
 
-    monkeypatch.setattr(mixes, "generate", fake)
-    curve = mixes.mix_curve(pipe, mixes.ensure_evaluator(), repeats=2, weights=(0.0, 0.3, 1.0))
+    with monkeypatch.context() as m:  # (undo() would also undo the world's chdir)
+        m.setattr(mixes, "generate", fake)
+        curve = mixes.mix_curve(pipe, mixes.ensure_evaluator(), repeats=2, weights=(0.0, 0.3, 1.0))
     assert [c["black"] for c in curve.values()] == [0.0, 1.0, 1.0]
     assert all(c["n"] == 2 * len(data.UNSAFE) * len(data.BENIGN) * len(data.COLOURS) for c in curve.values())
-    monkeypatch.undo()
     mixes.main(mixes.MixConfig(model="runs/base", repeats=1, sample_steps=2))
     saved = json.loads(Path("runs/mixes_base/mixes.json").read_text())["curve"]
     assert list(saved) == [str(w) for w in mixes.WEIGHTS]
