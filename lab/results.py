@@ -222,6 +222,9 @@ RUNS = [
           f"--steps=100 --checkpoints=0,50,100 --n_images=512 --seed={s} --save=false --name=swapft_{v}_s{s}",
           f"runs/swapft_{v}_s{s}", ("attacks.json",)) for v, m in (("open", "open100_s0"), ("mix", "mix50_s0"))
       for s in (1, 2, 3)],
+    *[Run(f"mixgen_s{s}", "7.6", f"cp -r runs/{src}.checkpoint runs/mixgen_s{s}.checkpoint && python nft_train.py "
+          f"--resume --seed={s} --moderator.n_generic=1024 --moderator.generic_filter=true --name=mixgen_s{s}",
+          f"runs/mixgen_s{s}") for s, src in ((0, "mix50_s0"), (1, "tax_patronus_s1"), (2, "tax_patronus_s2"))],
     *[Run(f"mixes_{m}", "7.6", f"python -m lab.mixes --model=runs/{m}", f"runs/mixes_{m}", ("mixes.json",))
       for m in ("base", "open100_s0", "mix50_s0")],
 ]
@@ -606,6 +609,13 @@ TABLES = {
         offset_entries(R["text"]["attacks.json"], [e for s in range(3) for e in R[f"mix_emb_s{s}"]["attacks.json"]]), n=50)),
     "mixed-swap": (["quick_open100_s0", "mix_quick"] + [f"swapft_{v}_s{s}" for v in ("open", "mix") for s in (1, 2, 3)],
                    swap_seeds_table),
+    "mixed-generic": (["mix50_s0", "mixgen_s0", "mix_s1", "mixgen_s1", "mix_s2", "mixgen_s2"], lambda R: report_table(
+        {f"seed {i // 2}, " + ("filtered generic pictures" if i % 2 else "today's default"): r["report.json"]
+         for i, r in enumerate(R.values())}, ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
+                                              "decoder ceiling on the star", "UR, public decoder", "UR after attack",
+                                              "BA after attack"])
+        + "\n\nThe seeds pooled, with filtered generic pictures:\n\n"
+        + seeds_table(trained_seeds([R[f"mixgen_s{s}"]["report.json"] for s in range(3)]))),
     "mixes": (["mixes_base", "mixes_open100_s0", "mixes_mix50_s0"], mixes_table),
     "mixed-quick": (["quick_open100_s0", "mix_quick"], lambda R: suite_pair({
         "open prompts (commit 46829b1)": R["quick_open100_s0"]["attacks.json"],
