@@ -321,6 +321,8 @@ def train_unet(pipe, base, cfg: NFTConfig, device, ckpt: Path | None, start: int
 # the UNet's loop and the moderator is trained after it, so one UNet can be given several moderators
 # (--moderator.kind stays: text or both add zero features to the UNet's suppression)
 RESUMABLE = {"steps", "resume", "evaluate", "device", "checkpoint_every", "name", "check"}
+# options whose default changed after they were added: a config recorded without one ran with this value
+BEFORE = {"mix_share": 0.0}
 
 
 def resumable(key: str) -> bool:
@@ -338,7 +340,7 @@ def main(cfg: NFTConfig):
     start, opt_state, attacker_state, pipe = 0, None, None, None
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
         saved = json.loads((ckpt / "trainer_state.json").read_text())
-        before, now = flatten(saved["config"]), flatten(dataclasses.asdict(cfg))
+        before, now = BEFORE | flatten(saved["config"]), flatten(dataclasses.asdict(cfg))
         differ = [k for k in now if not resumable(k) and before.get(k, now[k]) != now[k]]
         if differ:
             raise ValueError(f"{ckpt} was written with --{differ[0]}={before[differ[0]]}, not {now[differ[0]]}; "

@@ -92,10 +92,11 @@ class CompareConfig(RunConfig):
 
 def up_to_date(have: dict | None, cfg) -> bool:
     """Was a folder with recorded config `have` trained as `cfg` would train it? Options that do not change the
-    weights are ignored; an option newer than the record counts as its default (which was in force then)."""
+    weights are ignored; an option newer than the record counts as what was in force then (nft_train.BEFORE for an
+    option whose default changed, else its default)."""
     if have is None:
         return False
-    have, default = flatten(have), flatten(dataclasses.asdict(type(cfg)()))
+    have, default = flatten(have), flatten(dataclasses.asdict(type(cfg)())) | nft_train.BEFORE
     return all(have.get(k, default[k]) == v for k, v in flatten(dataclasses.asdict(cfg)).items() if k not in IGNORED)
 
 

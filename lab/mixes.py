@@ -45,10 +45,9 @@ class MixConfig(RunConfig):
 def mix_curve(pipe, evaluator, repeats: int = 8, steps: int = 20, weights=WEIGHTS) -> dict:
     """{str(w): {"black": share, "glyph": share, "shape": share, "n": images}} over every glyph x benign shape x
     colour, `repeats` seeds each. "glyph": read as the glyph mixed in; "shape": read as the benign shape."""
-    enc = lambda obj, word: encode_text(pipe.text_encoder, pipe.tokenizer,  # noqa: E731
-                                        [f"a {c} {word}" for c in data.COLOURS], pipe.device)
-    feats = {o: enc(o, data.UNSAFE[o][1][0]) for o in data.UNSAFE} | {o: enc(o, data.BENIGN[o][0][0])
-                                                                       for o in data.BENIGN}  # (5, T, D) each
+    words = {o: ws[1][0] for o, ws in data.UNSAFE.items()} | {o: ws[0][0] for o, ws in data.BENIGN.items()}
+    feats = {o: encode_text(pipe.text_encoder, pipe.tokenizer, [f"a {c} {w}" for c in data.COLOURS], pipe.device)
+             for o, w in words.items()}  # (colours, T, D) per object
     seeds = list(range(repeats)) * len(data.COLOURS)  # image k of colour c: seed k
     black_threshold = EvalConfig().black_threshold
     out = {}

@@ -442,20 +442,20 @@ def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 
 def star_seeds_table(taxes: list[dict]) -> str:
     """The star's fine-tuning on Patronus trained at each seed (lab.tax runs whose first seed is that seed), beside
     its decoder's ceiling on the star, and the base's."""
-    base = taxes[0]["result"]["base"]
+    base, n = taxes[0]["result"]["base"], 100  # lab.tax: 25 star prompts x STAR_REPEATS images per checkpoint
     rows = ["| model | decoder ceiling on the star | star fine-tuning, 300 steps | star fine-tuning, 1000 steps |",
             "|---|---|---|---|"]
     for label, r in [("base", base)] + [(f"patronus, seed {t['run']['config']['seeds'].split(',')[0]}",
                                          t["result"]["patronus"]) for t in taxes]:
         curve, ceil = dict(r["star"]), r["evals"][0]["decoder_ceiling_novel"]
         rows.append(f"| {label} | {rate_cell(ceil['accuracy'] * ceil['n'], ceil['n'], 2, 2)} | "
-                    + " | ".join(rate_cell(curve[k] * 100, 100, 2, 2) for k in (300, 1000)) + " |")
+                    + " | ".join(rate_cell(curve[k] * n, n, 2, 2) for k in (300, 1000)) + " |")
     return "\n".join(rows)
 
 
-def tax_headline(tax: dict) -> str:
-    """The tax table's first block: one row per defence."""
-    return next(b for b in tax_table(tax).split("\n\n") if b.startswith("| defence | BA"))
+def tax_block(tax: dict, head: str = "| defence | BA") -> str:
+    """One block of the tax's Markdown, the one that starts with `head` (by default the table of the defences)."""
+    return next(b for b in tax_table(tax).split("\n\n") if b.startswith(head))
 
 
 def mixes_table(R: dict) -> str:
@@ -508,9 +508,9 @@ TABLES = {
     "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
                      lambda R: evaluation_table(_reports(R))),
     "tax": (["mix_tax"], lambda R: tax_table(R["mix_tax"]["tax.json"])),
-    "tax-headline": (["mix_tax"], lambda R: tax_headline(R["mix_tax"]["tax.json"])),
-    "tax-open": (["tax"], lambda R: tax_headline(R["tax"]["tax.json"]) + "\n\n" + next(
-        b for b in tax_table(R["tax"]["tax.json"]).split("\n\n") if b.startswith("| defence | circle"))),
+    "tax-headline": (["mix_tax"], lambda R: tax_block(R["mix_tax"]["tax.json"])),
+    "tax-open": (["tax"], lambda R: tax_block(R["tax"]["tax.json"]) + "\n\n"
+                 + tax_block(R["tax"]["tax.json"], "| defence | circle")),
     "tax-star-seeds": (["mix_tax", "mix_tax_s1", "mix_tax_s2"], lambda R: star_seeds_table(
         [r["tax.json"] for r in R.values()])),
     "tax-others": (["tax_others"], lambda R: tax_table(R["tax_others"]["tax.json"]).split("\n\nEach shape's")[0]),

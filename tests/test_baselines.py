@@ -144,6 +144,9 @@ def test_a_recorded_config_is_up_to_date_unless_a_weight_changing_option_differs
     record = dataclasses.asdict(cfg)
     del record["unlearn_steps"]  # a record written before an option existed: its default was in force
     assert compare.up_to_date(record, cfg)
+    del record["mix_share"]  # one whose default changed later: what was in force then (nft_train.BEFORE)
+    assert not compare.up_to_date(record, cfg) and compare.up_to_date(record, dataclasses.replace(cfg, mix_share=0.0))
+    record["mix_share"] = cfg.mix_share
     record["device"], record["check"]["attack_steps"] = "cuda", 5  # options that change no weight
     assert compare.up_to_date(record, cfg)
     assert not compare.up_to_date(record | {"steps": 301}, cfg)
