@@ -52,11 +52,11 @@ class ModeratorConfig:
     # decoder moderator
     n_images: int = option(1024, "defender's rendered images per kind (unsafe / benign); a folder gives all its own")
     n_generated: int = option(256, "generations per kind and model whose final latents are added")
-    n_generic: int = option(0, "pictures that name no concept (data.generic_images: random shapes) added to the "
-                            "benign pictures the decoder keeps (pocket world only): 1024 keeps a shape the benign "
-                            "data leaves out, and lets a few glyphs through (RESULTS.md, section 7.5)")
-    generic_filter: bool = option(False, "drop the generic pictures whose latents are nearer the defender's unsafe "
-                                  "latents than its benign ones (none got through then; section 7.5)")
+    n_generic: int = option(1024, "pictures that name no concept (data.generic_images: random shapes) added to the "
+                            "benign pictures the decoder keeps (pocket world only; 0: none): they keep what the "
+                            "benign data leaves out from the decoder's refusal (RESULTS.md, sections 7.5 and 7.7)")
+    generic_filter: bool = option(True, "drop the generic pictures whose latents are nearer the defender's unsafe "
+                                  "latents than its benign ones (unfiltered, a few glyphs got through; section 7.5)")
     steps: int = option(600, "steps of the decoder moderator")
     batch: int = option(16, "latents per kind per step (4 for SD at 512 px)")
     lr: float = option(3e-4, "Adam learning rate of the defender")

@@ -228,22 +228,37 @@ RUNS = [
     *[Run(f"mixes_{m}", "7.6", f"python -m lab.mixes --model=runs/{m}", f"runs/mixes_{m}", ("mixes.json",))
       for m in ("base", "open100_s0", "mix50_s0")],
 ]
-# Mixed prompts (nft_train.py --mix_share=0.5) became the default at commit 0181c79. A command that trains
-# Patronus, or reads a model it trained, gives today's default when run now; those recorded before (every one
-# below without a commit of its own, other than the runs of today's default) ran the default of commit
-# 46829b1, which that commit's code gives back (as does --mix_share=0 today).
-BEFORE_MIX = "46829b1"
+# Two defaults changed after runs were recorded. A command that trains Patronus (or the decoder moderator), or
+# reads a model it trained, gives today's default when run now; one recorded before a switch ran the default of
+# the commit named here, which that commit's code gives back:
+#   46829b1  before mixed prompts in distillation (nft_train.py --mix_share=0.5, commit 0181c79; records of
+#            today's default since are named mix*, or mg_* after the next switch)
+#   5466f82  before filtered generic pictures in the decoder's calibration (moderator.py --moderator.n_generic=1024
+#            --moderator.generic_filter=true; records since are named mg_*)
+BEFORE_MIX, BEFORE_GENERIC = "46829b1", "5466f82"
 PATRONUS_FOLDERS = ("runs/patronus", "runs/tax_patronus_", "runs/quickstart_s0", "runs/cond_s0", "runs/mod_text",
                     "runs/mod_both", "runs/nft_only", "runs/erase_only", "runs/open50_s0", "runs/gen3_s0")
+MODERATOR_FOLDERS = PATRONUS_FOLDERS + ("runs/mix50_", "runs/mod_plain", "runs/mod_decoder", "runs/mod_vae")
+
+
+def _reads_patronus(c: str) -> bool:
+    return ("nft_train.py" in c or "lab.tax" in c or ("lab.compare" in c and "--defences=safepatch" not in c)
+            or any(f in c for f in PATRONUS_FOLDERS))
 
 
 def _before_mix(run: Run) -> bool:
+    return not run.commit and not run.name.startswith(("mix", "mg_")) and _reads_patronus(run.command)
+
+
+def _before_generic(run: Run) -> bool:
     c = run.command
-    return (not run.commit and not run.name.startswith("mix") and ("nft_train.py" in c or "lab.tax" in c
-            or ("lab.compare" in c and "--defences=safepatch" not in c) or any(f in c for f in PATRONUS_FOLDERS)))
+    moderated = (("nft_train.py" in c and "--moderator.kind=off" not in c) or ("moderator.py" in c
+                 and "--moderator.kind=text" not in c) or _reads_patronus(c) or any(f in c for f in MODERATOR_FOLDERS))
+    return not run.commit and not run.name.startswith("mg_") and "--moderator.n_generic" not in c and moderated
 
 
 RUNS = [dataclasses.replace(r, commit=BEFORE_MIX) if _before_mix(r) else r for r in RUNS]
+RUNS = [dataclasses.replace(r, commit=BEFORE_GENERIC) if _before_generic(r) else r for r in RUNS]
 BY_NAME = {r.name: r for r in RUNS}
 
 
