@@ -203,7 +203,7 @@ RUNS = [
         "python evaluate.py --model=runs/mod_vae", "runs/mod_vae"),
     Run("mod_noise", "9", "python moderator.py --moderator.cal_noise=0.3 --name=mod_noise && "
         "python evaluate.py --model=runs/mod_noise", "runs/mod_noise", commit="881bcdd"),
-    # today's default, mixed prompts in distillation (sections 2.1, 2.2, 4.2, 7.4 and 7.6)
+    # the mixed-prompt default (commit 5466f82): mixed prompts in distillation (sections 7.4, 7.6 and 7.7)
     Run("mix50_s0", "7.6", "python nft_train.py --mix_share=0.5 --name=mix50_s0", "runs/mix50_s0"),
     Run("mix50_no_ring", "7.6", "python nft_train.py --mix_share=0.5 --data.holdout=ring --name=mix50_no_ring",
         "runs/mix50_no_ring"),
@@ -227,6 +227,16 @@ RUNS = [
           f"runs/mixgen_s{s}") for s, src in ((0, "mix50_s0"), (1, "tax_patronus_s1"), (2, "tax_patronus_s2"))],
     *[Run(f"mixes_{m}", "7.6", f"python -m lab.mixes --model=runs/{m}", f"runs/mixes_{m}", ("mixes.json",))
       for m in ("base", "open100_s0", "mix50_s0")],
+    # today's default, mixed prompts and filtered generic pictures (sections 2.1, 2.2, 4.2, 7.4 and 7.7)
+    Run("mg_s0", "2.1", "python nft_train.py --name=mg_s0", "runs/mg_s0"),
+    Run("mg_tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
+    *[Run(f"mg_tax_s{s}", "7.4", f"mkdir -p runs/tax_s{s} && cp runs/tax/tax.json runs/tax_s{s}/ && python -m lab.tax "
+          f"--defences=patronus --seeds={s} --holdouts= --name=tax_s{s}", f"runs/tax_s{s}", ("tax.json",))
+      for s in (1, 2)],
+    Run("mg_quick", "4.2", "python -m lab.suites --model=runs/mixgen_s0 --suite=quick --benign=false --name=mixgen_quick",
+        "runs/mixgen_quick", ("attacks.json", "suite.json")),
+    Run("gen4k_mod_s0", "9", "python moderator.py --moderator.n_generic=4096 --moderator.generic_filter=true "
+        "--name=gen4k_mod_s0 && python evaluate.py --model=runs/gen4k_mod_s0 --name=gen4k_mod_s0", "runs/gen4k_mod_s0"),
 ]
 # Two defaults changed after runs were recorded. A command that trains Patronus (or the decoder moderator), or
 # reads a model it trained, gives today's default when run now; one recorded before a switch ran the default of
@@ -481,7 +491,7 @@ def mixes_table(R: dict) -> str:
 
 def swap_seeds_table(R: dict, n: int = 50) -> str:
     """The quick suite's decoder swap before UNet fine-tuning (Adam 1e-3, its strongest setting) on the open-prompt
-    default and today's: the suite's seed 0 and attack.py's seeds 1 to 3, then the last step pooled over seeds."""
+    default and the mixed-prompt one: the suite's seed 0 and attack.py's seeds 1 to 3, then the last step pooled over seeds."""
     entries, pooled = [], []
     for label, suite, prefix in (("open prompts (`open100_s0`)", "quick_open100_s0", "swapft_open"),
                                  ("mixed prompts (`mix50_s0`)", "mix_quick", "swapft_mix")):
@@ -512,7 +522,8 @@ TABLES = {
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["mix50_s0", "mix_s1", "mix_s2"], lambda R: seeds_table(trained_seeds([r["report.json"] for r in R.values()]))),
+    "seeds": (["mixgen_s0", "mixgen_s1", "mixgen_s2"], lambda R: seeds_table(trained_seeds(
+        [r["report.json"] for r in R.values()]))),
     "seeds-open": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
         default_seeds(R["open100_s0"]["report.json"], R["tax"]["tax.json"],
                       {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
@@ -522,15 +533,19 @@ TABLES = {
         "Patronus": R["mix50_s0"]["report.json"]})),
     "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
                      lambda R: evaluation_table(_reports(R))),
-    "tax": (["mix_tax"], lambda R: tax_table(R["mix_tax"]["tax.json"])),
-    "tax-headline": (["mix_tax"], lambda R: tax_block(R["mix_tax"]["tax.json"])),
+    "tax": (["mg_tax"], lambda R: tax_table(R["mg_tax"]["tax.json"])),
+    "tax-headline": (["mg_tax"], lambda R: tax_block(R["mg_tax"]["tax.json"])),
+    "tax-mix": (["mix_tax"], lambda R: tax_block(R["mix_tax"]["tax.json"]) + "\n\n"
+                + tax_block(R["mix_tax"]["tax.json"], "| defence | circle")),
     "tax-open": (["tax"], lambda R: tax_block(R["tax"]["tax.json"]) + "\n\n"
                  + tax_block(R["tax"]["tax.json"], "| defence | circle")),
-    "tax-star-seeds": (["mix_tax", "mix_tax_s1", "mix_tax_s2"], lambda R: star_seeds_table(
+    "tax-star-seeds": (["mg_tax", "mg_tax_s1", "mg_tax_s2"], lambda R: star_seeds_table(
+        [r["tax.json"] for r in R.values()])),
+    "tax-star-seeds-mix": (["mix_tax", "mix_tax_s1", "mix_tax_s2"], lambda R: star_seeds_table(
         [r["tax.json"] for r in R.values()])),
     "tax-others": (["tax_others"], lambda R: tax_table(R["tax_others"]["tax.json"]).split("\n\nEach shape's")[0]),
-    "quick-default": (["mix_quick"], lambda R: suite_tables(R["mix_quick"]["attacks.json"],
-                                                             R["mix_quick"]["suite.json"])),
+    "quick-default": (["mg_quick"], lambda R: suite_tables(R["mg_quick"]["attacks.json"],
+                                                            R["mg_quick"]["suite.json"])),
     "compare-faithful": (["compare"], lambda R: compare_table(R["compare"]["compare.json"],
                                                               R["compare"]["attacks.json"])),
     "compare-plain": (["compare"], lambda R: compare_table(R["compare"]["compare.json"], R["compare"]["attacks.json"],
@@ -603,6 +618,8 @@ TABLES = {
     "generic-filter": (["gen2_mod_s0", "gen3_mod_s0", "gen2_mod_no_ring", "gen3_mod_no_ring_s0", "gen2_mod_no_ring_s1",
                         "gen3_mod_no_ring_s1", "gen2_mod_no_ring_s2", "gen3_mod_no_ring_s2"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
+    "generic-4k": (["gen3_mod_s0", "gen4k_mod_s0"], lambda R: report_table(
+        _reports(R), [*MODERATOR[:5], "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
     "generic-quickstart": (["quickstart_s0", "gen_quickstart_s0"], lambda R: report_table({
@@ -625,16 +642,19 @@ TABLES = {
     "mixed-swap": (["quick_open100_s0", "mix_quick"] + [f"swapft_{v}_s{s}" for v in ("open", "mix") for s in (1, 2, 3)],
                    swap_seeds_table),
     "mixed-generic": (["mix50_s0", "mixgen_s0", "mix_s1", "mixgen_s1", "mix_s2", "mixgen_s2"], lambda R: report_table(
-        {f"seed {i // 2}, " + ("filtered generic pictures" if i % 2 else "today's default"): r["report.json"]
+        {f"seed {i // 2}, " + ("today's default" if i % 2 else "mixed prompts alone"): r["report.json"]
          for i, r in enumerate(R.values())}, ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
                                               "decoder ceiling on the star", "UR, public decoder", "UR after attack",
                                               "BA after attack"])
-        + "\n\nThe seeds pooled, with filtered generic pictures:\n\n"
-        + seeds_table(trained_seeds([R[f"mixgen_s{s}"]["report.json"] for s in range(3)]))),
+        + "\n\nThe seeds pooled, mixed prompts alone (today's: section 2.2):\n\n"
+        + seeds_table(trained_seeds([R[k]["report.json"] for k in ("mix50_s0", "mix_s1", "mix_s2")]))),
     "mixes": (["mixes_base", "mixes_open100_s0", "mixes_mix50_s0"], mixes_table),
     "mixed-quick": (["quick_open100_s0", "mix_quick"], lambda R: suite_pair({
         "open prompts (commit 46829b1)": R["quick_open100_s0"]["attacks.json"],
-        "mixed prompts (today's default)": R["mix_quick"]["attacks.json"]})),
+        "mixed prompts (commit 5466f82)": R["mix_quick"]["attacks.json"]})),
+    "mixed-generic-quick": (["mix_quick", "mg_quick"], lambda R: suite_pair({
+        "mixed prompts (commit 5466f82)": R["mix_quick"]["attacks.json"],
+        "and filtered generic pictures (today's default)": R["mg_quick"]["attacks.json"]})),
     "generic-filter-ring": (["gen3_no_ring"], lambda R: report_table(_reports(R), VARIANTS)),
     "generic-filter-seeds": ([f"gen3_s{s}" for s in range(3)], lambda R: seeds_table(trained_seeds(
         [R[f"gen3_s{s}"]["report.json"] for s in range(3)]))),
