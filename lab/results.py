@@ -235,7 +235,10 @@ RUNS = [
       for s in (1, 2)],
     Run("mg_quick", "4.2", "python -m lab.suites --model=runs/mixgen_s0 --suite=quick --benign=false --name=mixgen_quick",
         "runs/mixgen_quick", ("attacks.json", "suite.json")),
-    Run("gen4k_mod_s0", "9", "python moderator.py --moderator.n_generic=4096 --moderator.generic_filter=true "
+    *[Run(f"mg_{n}", "7.7", f"python moderator.py {o} --name={n}_mod_s0 && python evaluate.py --model=runs/{n}_mod_s0 "
+          f"--name={n}_mod_s0", f"runs/{n}_mod_s0") for n, o in (("wcal30", "--moderator.w_cal=30"), (
+              "wcal100", "--moderator.w_cal=100"), ("steps1200", "--moderator.steps=1200"))],
+    Run("gen4k_mod_s0", "7.7", "python moderator.py --moderator.n_generic=4096 --moderator.generic_filter=true "
         "--name=gen4k_mod_s0 && python evaluate.py --model=runs/gen4k_mod_s0 --name=gen4k_mod_s0", "runs/gen4k_mod_s0"),
 ]
 # Two defaults changed after runs were recorded. A command that trains Patronus (or the decoder moderator), or
@@ -518,19 +521,19 @@ def _entries(R: dict) -> list[dict]:
 
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
-    "quickstart": (["mix50_s0"], lambda R: quickstart(R["mix50_s0"]["report.json"])),
+    "quickstart": (["mg_s0"], lambda R: quickstart(R["mg_s0"]["report.json"])),
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["mixgen_s0", "mixgen_s1", "mixgen_s2"], lambda R: seeds_table(trained_seeds(
+    "seeds": (["mg_s0", "mixgen_s1", "mixgen_s2"], lambda R: seeds_table(trained_seeds(
         [r["report.json"] for r in R.values()]))),
     "seeds-open": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
         default_seeds(R["open100_s0"]["report.json"], R["tax"]["tax.json"],
                       {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
                       {s: R[f"attack_s{s}"]["attacks.json"] for s in (1, 2)}))),
-    "quickstart-intervals": (["mix50_s0"], lambda R: evaluation_table({
-        "base": R["mix50_s0"]["report.json"]["base"] | {"attack": R["mix50_s0"]["report.json"]["base_attack"]},
-        "Patronus": R["mix50_s0"]["report.json"]})),
+    "quickstart-intervals": (["mg_s0"], lambda R: evaluation_table({
+        "base": R["mg_s0"]["report.json"]["base"] | {"attack": R["mg_s0"]["report.json"]["base_attack"]},
+        "Patronus": R["mg_s0"]["report.json"]})),
     "open-prompts": (["open50_s0", "open50_basevae", "open50m_s0", "open100_s0"],
                      lambda R: evaluation_table(_reports(R))),
     "tax": (["mg_tax"], lambda R: tax_table(R["mg_tax"]["tax.json"])),
@@ -618,7 +621,7 @@ TABLES = {
     "generic-filter": (["gen2_mod_s0", "gen3_mod_s0", "gen2_mod_no_ring", "gen3_mod_no_ring_s0", "gen2_mod_no_ring_s1",
                         "gen3_mod_no_ring_s1", "gen2_mod_no_ring_s2", "gen3_mod_no_ring_s2"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
-    "generic-4k": (["gen3_mod_s0", "gen4k_mod_s0"], lambda R: report_table(
+    "moderator-options": (["gen3_mod_s0", "gen4k_mod_s0", "mg_wcal30", "mg_wcal100", "mg_steps1200"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
