@@ -233,8 +233,8 @@ RUNS = [
     *[Run(f"mg_tax_s{s}", "7.4", f"mkdir -p runs/tax_s{s} && cp runs/tax/tax.json runs/tax_s{s}/ && python -m lab.tax "
           f"--defences=patronus --seeds={s} --holdouts= --name=tax_s{s}", f"runs/tax_s{s}", ("tax.json",))
       for s in (1, 2)],
-    Run("mg_quick", "4.2", "python -m lab.suites --model=runs/mixgen_s0 --suite=quick --benign=false --name=mixgen_quick",
-        "runs/mixgen_quick", ("attacks.json", "suite.json")),
+    Run("mg_quick", "4.2", "python -m lab.suites --model=runs/mixgen_s0 --suite=quick --benign=false "
+        "--name=mixgen_quick", "runs/mixgen_quick", ("attacks.json", "suite.json")),
     *[Run(f"mg_{n}", "7.7", f"python moderator.py {o} --name={n}_mod_s0 && python evaluate.py --model=runs/{n}_mod_s0 "
           f"--name={n}_mod_s0", f"runs/{n}_mod_s0") for n, o in (("wcal30", "--moderator.w_cal=30"), (
               "wcal100", "--moderator.w_cal=100"), ("steps1200", "--moderator.steps=1200"))],
@@ -494,7 +494,8 @@ def mixes_table(R: dict) -> str:
 
 def swap_seeds_table(R: dict, n: int = 50) -> str:
     """The quick suite's decoder swap before UNet fine-tuning (Adam 1e-3, its strongest setting) on the open-prompt
-    default and the mixed-prompt one: the suite's seed 0 and attack.py's seeds 1 to 3, then the last step pooled over seeds."""
+    default and the mixed-prompt one: the suite's seed 0 and attack.py's seeds 1 to 3, then the last step pooled
+    over seeds."""
     entries, pooled = [], []
     for label, suite, prefix in (("open prompts (`open100_s0`)", "quick_open100_s0", "swapft_open"),
                                  ("mixed prompts (`mix50_s0`)", "mix_quick", "swapft_mix")):
@@ -621,8 +622,8 @@ TABLES = {
     "generic-filter": (["gen2_mod_s0", "gen3_mod_s0", "gen2_mod_no_ring", "gen3_mod_no_ring_s0", "gen2_mod_no_ring_s1",
                         "gen3_mod_no_ring_s1", "gen2_mod_no_ring_s2", "gen3_mod_no_ring_s2"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
-    "moderator-options": (["gen3_mod_s0", "gen4k_mod_s0", "mg_wcal30", "mg_wcal100", "mg_steps1200"], lambda R: report_table(
-        _reports(R), [*MODERATOR[:5], "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
+    "moderator-options": (["gen3_mod_s0", "gen4k_mod_s0", "mg_wcal30", "mg_wcal100", "mg_steps1200"],
+                          lambda R: report_table(_reports(R), [*MODERATOR[:5], "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
     "generic-quickstart": (["quickstart_s0", "gen_quickstart_s0"], lambda R: report_table({
