@@ -237,7 +237,15 @@ RUNS = [
         "--name=mixgen_quick", "runs/mixgen_quick", ("attacks.json", "suite.json")),
     *[Run(f"mg_{n}", "7.7", f"python moderator.py {o} --name={n}_mod_s0 && python evaluate.py --model=runs/{n}_mod_s0 "
           f"--name={n}_mod_s0", f"runs/{n}_mod_s0") for n, o in (("wcal30", "--moderator.w_cal=30"), (
-              "wcal100", "--moderator.w_cal=100"), ("steps1200", "--moderator.steps=1200"))],
+              "wcal100", "--moderator.w_cal=100"), ("steps1200", "--moderator.steps=1200"),
+              ("steps2400", "--moderator.steps=2400"))],
+    # two moderator options on today's UNets (section 7.7), each resumed from its step-1000 checkpoint
+    *[Run(f"mg_{v}_s{s}", "7.7", f"cp -r runs/{src}.checkpoint runs/mg{v}_s{s}.checkpoint && python nft_train.py "
+          f"--resume{seed} {o} --name=mg{v}_s{s}", f"runs/mg{v}_s{s}")
+      for v, o, runs in (("cal30", "--moderator.w_cal=30", (("mix50_s0", ""), ("mixgen_s1", " --seed=1"),
+                                                              ("mixgen_s2", " --seed=2"))),
+                         ("st", "--moderator.steps=1200", [(f"mixgen_s{s}", f" --seed={s}") for s in range(3)]))
+      for s, (src, seed) in enumerate(runs)],
     Run("gen4k_mod_s0", "7.7", "python moderator.py --moderator.n_generic=4096 --moderator.generic_filter=true "
         "--name=gen4k_mod_s0 && python evaluate.py --model=runs/gen4k_mod_s0 --name=gen4k_mod_s0", "runs/gen4k_mod_s0"),
 ]
@@ -369,6 +377,14 @@ def default_seeds(seed0: dict, tax: dict, public: dict[int, dict], attacked: dic
     return [(0, seed0, seed0["swap_decoder"], seed0["attack"])] + [
         (s, tax["result"]["patronus"]["evals"][s], public[s] | {"n_images": public[s]["n_unsafe"]["all"]},
          attacked[s][-1]) for s in sorted(public)]
+
+
+def pooled_rows(options: dict[str, list[dict]]) -> str:
+    """One row per option: seeds_table's last row (the seeds' images pooled) for its reports at seeds 0, 1, ..."""
+    tables = {k: seeds_table(trained_seeds(v)).splitlines() for k, v in options.items()}
+    head = next(iter(tables.values()))[:2]
+    return "\n".join([head[0].replace("| seed |", "| seeds pooled |", 1), head[1]]
+                     + ["| " + k + " |" + t[-1].split(" |", 1)[1] for k, t in tables.items()])
 
 
 def trained_seeds(reports: list[dict]) -> list[tuple]:
@@ -622,7 +638,17 @@ TABLES = {
     "generic-filter": (["gen2_mod_s0", "gen3_mod_s0", "gen2_mod_no_ring", "gen3_mod_no_ring_s0", "gen2_mod_no_ring_s1",
                         "gen3_mod_no_ring_s1", "gen2_mod_no_ring_s2", "gen3_mod_no_ring_s2"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
-    "moderator-options": (["gen3_mod_s0", "gen4k_mod_s0", "mg_wcal30", "mg_wcal100", "mg_steps1200"],
+    "moderator-candidates": (["mg_s0", "mixgen_s1", "mixgen_s2"] + [f"mg_{v}_s{s}" for v in ("cal30", "st")
+                                                                     for s in range(3)], lambda R: report_table(
+        {f"seed {s}, {label}": R[k]["report.json"] for s in range(3) for label, k in (
+            ("today's", ["mg_s0", "mixgen_s1", "mixgen_s2"][s]), ("w_cal 30", f"mg_cal30_s{s}"),
+            ("1200 steps", f"mg_st_s{s}"))},
+        ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "decoder ceiling on the star",
+         "UR, public decoder", "UR after attack", "BA after attack", "FD to base"])
+        + "\n\n" + pooled_rows({label: [R[k]["report.json"] for k in keys] for label, keys in (
+            ("today's", ["mg_s0", "mixgen_s1", "mixgen_s2"]), ("w_cal 30", [f"mg_cal30_s{s}" for s in range(3)]),
+            ("1200 steps", [f"mg_st_s{s}" for s in range(3)]))})),
+    "moderator-options": (["gen3_mod_s0", "gen4k_mod_s0", "mg_wcal30", "mg_wcal100", "mg_steps1200", "mg_steps2400"],
                           lambda R: report_table(_reports(R), [*MODERATOR[:5], "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
