@@ -246,6 +246,14 @@ RUNS = [
                                                               ("mixgen_s2", " --seed=2"))),
                          ("st", "--moderator.steps=1200", [(f"mixgen_s{s}", f" --seed={s}") for s in range(3)]))
       for s, (src, seed) in enumerate(runs)],
+    # the conditioning attacker of section 4.10 on today's default
+    Run("mg_cond_s0", "4.10", "python nft_train.py --conditioning_share=0.25 --name=mgcond_s0", "runs/mgcond_s0"),
+    *[Run(f"mg_cond_emb_s{s}", "4.10", f"python attack.py --model=runs/mgcond_s0 --attack=swap_decoder+embedding "
+          f"--lr=0.1 --steps=200 --checkpoints=0,50,100,200 --n_images=512 --seed={s} --save=false "
+          f"--name=mgcond_emb_s{s}", f"runs/mgcond_emb_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
+    *[Run(f"mg_cond_swapft_s{s}", "4.10", f"python attack.py --model=runs/mgcond_s0 --attack=swap_decoder+finetune_unet "
+          f"--lr=1e-3 --steps=100 --checkpoints=0,50,100 --n_images=512 --seed={s} --save=false "
+          f"--name=mgcond_swapft_s{s}", f"runs/mgcond_swapft_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
     Run("gen4k_mod_s0", "7.7", "python moderator.py --moderator.n_generic=4096 --moderator.generic_filter=true "
         "--name=gen4k_mod_s0 && python evaluate.py --model=runs/gen4k_mod_s0 --name=gen4k_mod_s0", "runs/gen4k_mod_s0"),
 ]
