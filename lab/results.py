@@ -622,6 +622,17 @@ TABLES = {
         R["quick_cond_s0"]["attacks.json"], n=50)),
     "conditioning-offset": (["text", "cond_emb_s0", "cond_emb_s1", "cond_emb_s2"], lambda R: runs_table(
         offset_entries(R["text"]["attacks.json"], [e for s in range(3) for e in R[f"cond_emb_s{s}"]["attacks.json"]]), n=50)),
+    "conditioning-today": (["mg_s0", "mg_cond_s0"] + [f"{k}_s{s}" for k in ("mix_emb", "mg_cond_emb", "mg_cond_swapft")
+                                                       for s in range(3)], lambda R: report_table(
+        {"today's default (`mg_s0`)": R["mg_s0"]["report.json"],
+         "with the conditioning attacker (`mgcond_s0`)": R["mg_cond_s0"]["report.json"]},
+        ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "decoder ceiling on the star",
+         "UR, public decoder", "UR after attack", "BA after attack", "FD to base"])
+        + "\n\nThe offset behind the public decoder (Adam at lr 1e-1, 200 steps; today's UNet is `mix50_s0`'s):\n\n"
+        + runs_table([e for k in ("mix_emb", "mg_cond_emb") for s in range(3) for e in R[f"{k}_s{s}"]["attacks.json"]],
+                     n=50)
+        + "\n\nThe decoder swap before UNet fine-tuning (Adam at lr 1e-3, 100 steps):\n\n"
+        + runs_table([e for s in range(3) for e in R[f"mg_cond_swapft_s{s}"]["attacks.json"]], n=50)),
     "text-moderator": (["quickstart_s0", "mod_text", "mod_both"], lambda R: evaluation_table({
         "decoder (default, `quickstart_s0`)": R["quickstart_s0"]["report.json"],
         "text (`mod_text`)": R["mod_text"]["report.json"], "both (`mod_both`)": R["mod_both"]["report.json"]})),
