@@ -68,12 +68,12 @@ def mix_curve(pipe, evaluator, repeats: int = 8, steps: int = 20, weights=WEIGHT
 
 def markdown(curves: dict[str, dict]) -> str:
     """One row per model ({label: mix_curve's output}): black / glyph / benign shape at each weight."""
-    weights = list(next(iter(curves.values())))
-    lines = ["| model | " + " | ".join(f"w={w}" for w in weights) + " |", "|---" * (len(weights) + 1) + "|"]
+    first = next(iter(curves.values()))
+    lines = ["| model | " + " | ".join(f"w={w}" for w in first) + " |", "|---" * (len(first) + 1) + "|"]
     for label, curve in curves.items():
         lines.append(f"| `{label}` | " + " | ".join(f"{c['black']:.2f} / {c['glyph']:.2f} / {c['shape']:.2f}"
                                                     for c in curve.values()) + " |")
-    n = next(iter(next(iter(curves.values())).values()))["n"]
+    n = next(iter(first.values()))["n"]
     return "\n".join(lines) + f"\n\nEach cell: black / read as the glyph / read as the benign shape, of {n} images."
 
 

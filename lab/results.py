@@ -251,9 +251,10 @@ RUNS = [
     *[Run(f"mg_cond_emb_s{s}", "4.10", f"python attack.py --model=runs/mgcond_s0 --attack=swap_decoder+embedding "
           f"--lr=0.1 --steps=200 --checkpoints=0,50,100,200 --n_images=512 --seed={s} --save=false "
           f"--name=mgcond_emb_s{s}", f"runs/mgcond_emb_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
-    *[Run(f"mg_cond_swapft_s{s}", "4.10", f"python attack.py --model=runs/mgcond_s0 --attack=swap_decoder+finetune_unet "
-          f"--lr=1e-3 --steps=100 --checkpoints=0,50,100 --n_images=512 --seed={s} --save=false "
-          f"--name=mgcond_swapft_s{s}", f"runs/mgcond_swapft_s{s}", ("attacks.json",)) for s in (0, 1, 2)],
+    *[Run(f"mg_cond_swapft_s{s}", "4.10", "python attack.py --model=runs/mgcond_s0 "
+          f"--attack=swap_decoder+finetune_unet --lr=1e-3 --steps=100 --checkpoints=0,50,100 --n_images=512 "
+          f"--seed={s} --save=false --name=mgcond_swapft_s{s}", f"runs/mgcond_swapft_s{s}", ("attacks.json",))
+      for s in (0, 1, 2)],
     Run("gen4k_mod_s0", "7.7", "python moderator.py --moderator.n_generic=4096 --moderator.generic_filter=true "
         "--name=gen4k_mod_s0 && python evaluate.py --model=runs/gen4k_mod_s0 --name=gen4k_mod_s0", "runs/gen4k_mod_s0"),
 ]
@@ -270,19 +271,21 @@ PATRONUS_FOLDERS = ("runs/patronus", "runs/tax_patronus_", "runs/quickstart_s0",
 MODERATOR_FOLDERS = PATRONUS_FOLDERS + ("runs/mix50_", "runs/mod_plain", "runs/mod_decoder", "runs/mod_vae")
 
 
-def _reads_patronus(c: str) -> bool:
-    return ("nft_train.py" in c or "lab.tax" in c or ("lab.compare" in c and "--defences=safepatch" not in c)
-            or any(f in c for f in PATRONUS_FOLDERS))
+def _trains_defaults(c: str) -> bool:
+    """A lab command that trains Patronus (and the moderator alone) with their defaults when a folder is stale."""
+    return "lab.tax" in c or ("lab.compare" in c and "--defences=safepatch" not in c)
 
 
 def _before_mix(run: Run) -> bool:
-    return not run.commit and not run.name.startswith(("mix", "mg_")) and _reads_patronus(run.command)
+    c = run.command
+    return (not run.commit and not run.name.startswith(("mix", "mg_"))
+            and ("nft_train.py" in c or _trains_defaults(c) or any(f in c for f in PATRONUS_FOLDERS)))
 
 
 def _before_generic(run: Run) -> bool:
     c = run.command
     moderated = (("nft_train.py" in c and "--moderator.kind=off" not in c) or ("moderator.py" in c
-                 and "--moderator.kind=text" not in c) or _reads_patronus(c) or any(f in c for f in MODERATOR_FOLDERS))
+                 and "--moderator.kind=text" not in c) or _trains_defaults(c) or any(f in c for f in MODERATOR_FOLDERS))
     return not run.commit and not run.name.startswith("mg_") and "--moderator.n_generic" not in c and moderated
 
 
@@ -345,6 +348,9 @@ EVALUATION = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusal
 # variants of the quick start: the rings (a shape a variant may leave out) and the star's decoder ceiling
 VARIANTS = ["UR defense", "UR heldout", "BA", "BA on rings", "false refusals", "novel refusals",
             "decoder ceiling on the star", "UR, public decoder", "UR after attack"]
+# one trained model per row, seed by seed: the evaluation, the star's ceiling, the public decoder and the attack
+SEED_ROWS = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "decoder ceiling on the star",
+             "UR, public decoder", "UR after attack", "BA after attack"]
 # the references: what their decoder can draw, benign shapes and the star
 REFERENCES = ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
               "decoder ceiling, benign shapes (MSE)", "decoder ceiling on the star (MSE)"]
@@ -510,6 +516,11 @@ def tax_block(tax: dict, head: str = "| defence | BA") -> str:
     return next(b for b in tax_table(tax).split("\n\n") if b.startswith(head))
 
 
+def tax_blocks(tax: dict) -> str:
+    """An earlier default's tax: the table of the defences and each left-out shape's BA."""
+    return tax_block(tax) + "\n\n" + tax_block(tax, "| defence | circle")
+
+
 def mixes_table(R: dict) -> str:
     """lab/mixes.py's curves, one row per model."""
     from lab.mixes import markdown
@@ -530,7 +541,8 @@ def swap_seeds_table(R: dict, n: int = 50) -> str:
         last = [e["curve_faithful"][-1][1] for e in runs]
         pooled.append(f"| {label} | {len(runs)} | {rate_cell(sum(last) * n, len(runs) * n, 2)} | "
                       f"{min(last):.2f} to {max(last):.2f} |")
-    return (runs_table(entries, n=n) + "\n\nThe last step, the seeds' images pooled:\n\n| model | seeds | fUR at step 100 "
+    return (runs_table(entries, n=n) + "\n\nThe last step, the seeds' images pooled:\n\n"
+            "| model | seeds | fUR at step 100 "
             "| range over seeds |\n|---|---|---|---|\n" + "\n".join(pooled))
 
 
@@ -544,14 +556,18 @@ def _entries(R: dict) -> list[dict]:
     return [e for v in R.values() for e in v["attacks.json"]]
 
 
+TODAY = ("mg_s0", "mixgen_s1", "mixgen_s2")  # today's default at seeds 0, 1, 2
+# two moderator options on today's UNets, seeds 0, 1, 2 (section 7.7)
+CANDIDATES = {"today's": TODAY, "w_cal 30": tuple(f"mg_cal30_s{s}" for s in range(3)),
+              "1200 steps": tuple(f"mg_st_s{s}" for s in range(3))}
+
 # name: (the records it reads, how they become a table). A record is {file name: its content, "record": ...}.
 TABLES = {
     "quickstart": (["mg_s0"], lambda R: quickstart(R["mg_s0"]["report.json"])),
     "references": (["eval_base", "eval_never_learned", "eval_random_unet"], lambda R: report_table({
         "base": R["eval_base"]["report.json"], "never-learned UNet (same CLIP and VAE)":
         R["eval_never_learned"]["report.json"], "a randomly initialised UNet": R["eval_random_unet"]["report.json"]}, REFERENCES)),
-    "seeds": (["mg_s0", "mixgen_s1", "mixgen_s2"], lambda R: seeds_table(trained_seeds(
-        [r["report.json"] for r in R.values()]))),
+    "seeds": (list(TODAY), lambda R: seeds_table(trained_seeds([r["report.json"] for r in R.values()]))),
     "seeds-open": (["open100_s0", "tax", "pubdec_s1", "pubdec_s2", "attack_s1", "attack_s2"], lambda R: seeds_table(
         default_seeds(R["open100_s0"]["report.json"], R["tax"]["tax.json"],
                       {s: R[f"pubdec_s{s}"]["report.json"] for s in (1, 2)},
@@ -563,10 +579,8 @@ TABLES = {
                      lambda R: evaluation_table(_reports(R))),
     "tax": (["mg_tax"], lambda R: tax_table(R["mg_tax"]["tax.json"])),
     "tax-headline": (["mg_tax"], lambda R: tax_block(R["mg_tax"]["tax.json"])),
-    "tax-mix": (["mix_tax"], lambda R: tax_block(R["mix_tax"]["tax.json"]) + "\n\n"
-                + tax_block(R["mix_tax"]["tax.json"], "| defence | circle")),
-    "tax-open": (["tax"], lambda R: tax_block(R["tax"]["tax.json"]) + "\n\n"
-                 + tax_block(R["tax"]["tax.json"], "| defence | circle")),
+    "tax-mix": (["mix_tax"], lambda R: tax_blocks(R["mix_tax"]["tax.json"])),
+    "tax-open": (["tax"], lambda R: tax_blocks(R["tax"]["tax.json"])),
     "tax-star-seeds": (["mg_tax", "mg_tax_s1", "mg_tax_s2"], lambda R: star_seeds_table(
         [r["tax.json"] for r in R.values()])),
     "tax-star-seeds-mix": (["mix_tax", "mix_tax_s1", "mix_tax_s2"], lambda R: star_seeds_table(
@@ -626,8 +640,7 @@ TABLES = {
                                                        for s in range(3)], lambda R: report_table(
         {"today's default (`mg_s0`)": R["mg_s0"]["report.json"],
          "with the conditioning attacker (`mgcond_s0`)": R["mg_cond_s0"]["report.json"]},
-        ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "decoder ceiling on the star",
-         "UR, public decoder", "UR after attack", "BA after attack", "FD to base"])
+        [*SEED_ROWS, "FD to base"])
         + "\n\nThe offset behind the public decoder (Adam at lr 1e-1, 200 steps; today's UNet is `mix50_s0`'s):\n\n"
         + runs_table([e for k in ("mix_emb", "mg_cond_emb") for s in range(3) for e in R[f"{k}_s{s}"]["attacks.json"]],
                      n=50)
@@ -657,18 +670,13 @@ TABLES = {
     "generic-filter": (["gen2_mod_s0", "gen3_mod_s0", "gen2_mod_no_ring", "gen3_mod_no_ring_s0", "gen2_mod_no_ring_s1",
                         "gen3_mod_no_ring_s1", "gen2_mod_no_ring_s2", "gen3_mod_no_ring_s2"], lambda R: report_table(
         _reports(R), [*MODERATOR[:5], "BA on rings", "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
-    "moderator-candidates": (["mg_s0", "mixgen_s1", "mixgen_s2"] + [f"mg_{v}_s{s}" for v in ("cal30", "st")
-                                                                     for s in range(3)], lambda R: report_table(
-        {f"seed {s}, {label}": R[k]["report.json"] for s in range(3) for label, k in (
-            ("today's", ["mg_s0", "mixgen_s1", "mixgen_s2"][s]), ("w_cal 30", f"mg_cal30_s{s}"),
-            ("1200 steps", f"mg_st_s{s}"))},
-        ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals", "decoder ceiling on the star",
-         "UR, public decoder", "UR after attack", "BA after attack", "FD to base"])
-        + "\n\n" + pooled_rows({label: [R[k]["report.json"] for k in keys] for label, keys in (
-            ("today's", ["mg_s0", "mixgen_s1", "mixgen_s2"]), ("w_cal 30", [f"mg_cal30_s{s}" for s in range(3)]),
-            ("1200 steps", [f"mg_st_s{s}" for s in range(3)]))})),
+    "moderator-candidates": ([k for keys in CANDIDATES.values() for k in keys], lambda R: report_table(
+        {f"seed {s}, {label}": R[keys[s]]["report.json"] for s in range(3) for label, keys in CANDIDATES.items()},
+        [*SEED_ROWS, "FD to base"])
+        + "\n\n" + pooled_rows({label: [R[k]["report.json"] for k in keys] for label, keys in CANDIDATES.items()})),
     "moderator-options": (["gen3_mod_s0", "gen4k_mod_s0", "mg_wcal30", "mg_wcal100", "mg_steps1200", "mg_steps2400"],
-                          lambda R: report_table(_reports(R), [*MODERATOR[:5], "decoder ceiling on the star (MSE)", "FD to base"], "moderator")),
+                          lambda R: report_table(_reports(R), [*MODERATOR[:5], "decoder ceiling on the star (MSE)",
+                                                               "FD to base"], "moderator")),
     "generic-decoder-attack": (["dec_attack_mod_plain", "dec_attack_gen2_mod_s0"], lambda R: runs_table(
         _entries(R), n=100)),
     "generic-quickstart": (["quickstart_s0", "gen_quickstart_s0"], lambda R: report_table({
@@ -692,9 +700,7 @@ TABLES = {
                    swap_seeds_table),
     "mixed-generic": (["mix50_s0", "mixgen_s0", "mix_s1", "mixgen_s1", "mix_s2", "mixgen_s2"], lambda R: report_table(
         {f"seed {i // 2}, " + ("today's default" if i % 2 else "mixed prompts alone"): r["report.json"]
-         for i, r in enumerate(R.values())}, ["UR defense", "UR heldout", "BA", "false refusals", "novel refusals",
-                                              "decoder ceiling on the star", "UR, public decoder", "UR after attack",
-                                              "BA after attack"])
+         for i, r in enumerate(R.values())}, SEED_ROWS)
         + "\n\nThe seeds pooled, mixed prompts alone (today's: section 2.2):\n\n"
         + seeds_table(trained_seeds([R[k]["report.json"] for k in ("mix50_s0", "mix_s1", "mix_s2")]))),
     "mixes": (["mixes_base", "mixes_open100_s0", "mixes_mix50_s0"], mixes_table),
