@@ -20,7 +20,8 @@ content too. Four measurements, each against the base's own:
                                     task), novel accuracy at --finetune_steps' checkpoints
 
 Defences come from lab/compare.py's DEFENCES, trained under runs/tax_<defence>_s<seed> and
-runs/tax_<defence>_no_<shape> (skipped when up to date). Run: `python -m lab.tax --defences=patronus,safepatch`
+runs/tax_<defence>_no_<shape> (skipped when up to date); --models adds pipeline folders measured as they are (a
+model of your own: no training, so no leave-one-out). Run: `python -m lab.tax --defences=patronus,safepatch`
 writes runs/tax/: tax.json (every report), tax.md (the table).
 """
 from __future__ import annotations
@@ -46,6 +47,9 @@ from pipeline import encode_text, load_pipeline
 class TaxConfig(RunConfig):
     defences: str = option("patronus,safepatch", "comma-separated names of lab/compare.py's DEFENCES (not none: "
                            "the base is every row's reference)")
+    models: str = option("", "comma-separated pipeline folders measured as they are, after the defences: "
+                         "evaluated at every seed of --seeds (the same weights; the seeds move the images), star "
+                         "fine-tuning at the first; no leave-one-out")
     seeds: str = option("0,1,2", "seeds the defence is trained and evaluated at")
     holdouts: str = option(",".join(data.BENIGN), "benign shapes left out one at a time (seed 0); '' skips")
     finetune_steps: str = option("0,300,1000", "checkpoints of the star's fine-tuning ('' skips it)")
@@ -58,10 +62,14 @@ class TaxConfig(RunConfig):
 
     def __post_init__(self):
         if isinstance(self.defences, str):
-            bad = [d for d in self.defences.split(",") if d not in DEFENCES or d == "none"]
-            if bad or not self.defences:
-                raise ConfigError(f"--defences: unknown {bad[0] if bad else ''!r}; choose from "
-                                  f"{', '.join(d for d in DEFENCES if d != 'none')}")
+            bad = [d for d in self.defences.split(",") if d and (d not in DEFENCES or d == "none")]
+            if bad or not (self.defences or self.models):
+                raise ConfigError(f"--defences: {f'unknown {bad[0]!r}' if bad else 'give one, or --models'}; choose "
+                                  f"from {', '.join(d for d in DEFENCES if d != 'none')}")
+        if isinstance(self.models, str):
+            for folder in [m for m in self.models.split(",") if m]:
+                if not (Path(folder) / "model_index.json").is_file():
+                    raise ConfigError(f"--models: {folder} is not a pipeline folder (it has no model_index.json)")
         if isinstance(self.holdouts, str) and self.holdouts:
             for shape in self.holdouts.split(","):
                 try:
@@ -151,7 +159,9 @@ def row(label: str, evals: list[dict], n_benign: int, n_novel: int, loo: dict | 
              rate_cell(sum(c["accuracy"] * c["n"] for c in ceiling), sum(c["n"] for c in ceiling), 2)]
     if loo is None:  # the base's own row: its BA on the shapes, nothing left out
         cells += [rate_cell(sum(base_loo.values()) * n_shape, len(base_loo) * n_shape, 2), "-"] if base_loo else []
-    elif loo:
+    elif not loo:  # a folder measured as it is (--models): nothing left out
+        cells += ["-", "-"] if base_loo else []
+    else:
         gaps = {s: loo[s] - base_loo[s] for s in loo}
         worst = min(gaps, key=gaps.get)
         cells += [f"{rate_cell(sum(loo.values()) * n_shape, len(loo) * n_shape, 2)} (base "
@@ -189,7 +199,8 @@ def markdown(result: dict, cfg: TaxConfig) -> str:
                   "", "| defence | " + " | ".join(holdouts) + " |", "|" + "---|" * (len(holdouts) + 1)]
         for label, r in result.items():
             loo = b["loo"] if label == "base" else r["loo"]
-            lines.append(f"| {label} | " + " | ".join(rate_cell(loo[h] * n_shape, n_shape, 2) for h in holdouts) + " |")
+            lines.append(f"| {label} | " + " | ".join(rate_cell(loo[h] * n_shape, n_shape, 2) if h in loo else "-"
+                                                      for h in holdouts) + " |")
     if "distances" in b:  # where the shapes sit in the base's text features
         lines += ["", "Each shape's nearest unsafe glyph and nearest other benign shape in the base text encoder's "
                   "features (RMS difference of 'a <colour> <object>' in units of the features' std):", "",
@@ -220,17 +231,18 @@ def main(cfg: TaxConfig):
     result["base"]["loo"] = {h: result["base"]["evals"][0]["benign_accuracy_by_object"][h] for h in holdouts}
     result["base"]["star"] = reports.star(base, evaluator, cfg, device) if cfg.finetune_steps else []
     result["base"]["distances"] = distances(base, device)
-    for d in cfg.defences.split(","):
+    rows = [(d, None) for d in cfg.defences.split(",") if d] + [(m, m) for m in cfg.models.split(",") if m]
+    for d, given in rows:
         res = result[d] = {"evals": [], "loo": {}, "folders": []}
         for s in seeds:
-            folder, dcfg = variant(d, s)
+            folder, dcfg = (given, None) if given else variant(d, s)
             ensure(folder, dcfg, cfg.rebuild, cfg.device)
             pipe = load_pipeline(folder, device, safety_checker=True)
             res["evals"].append(reports.evaluate(pipe, evaluator, ecfg[s]))
             res["folders"].append(folder)
             if s == seeds[0] and cfg.finetune_steps:
                 res["star"] = reports.star(pipe, evaluator, cfg, device)
-        for h in holdouts:
+        for h in holdouts if not given else ():
             folder, dcfg = variant(d, 0, h)
             ensure(folder, dcfg, cfg.rebuild, cfg.device)
             pipe = load_pipeline(folder, device, safety_checker=True)

@@ -28,6 +28,25 @@ def test_tax_options_are_checked():
         tax.TaxConfig(holdouts="hexagon")
     with pytest.raises(ConfigError, match="--seeds"):
         tax.TaxConfig(seeds="0,one")
+    with pytest.raises(ConfigError, match="--defences: give one"):
+        tax.TaxConfig(defences="")
+    with pytest.raises(ConfigError, match="--models: runs/nowhere is not a pipeline folder"):
+        tax.TaxConfig(models="runs/nowhere")
+
+
+def test_tax_measures_a_given_folder_as_it_is(world):
+    """--models: a pipeline folder is evaluated and its star fine-tuned, never trained or left out."""
+    cfg = tax.TaxConfig(defences="", models="runs/base", seeds="0", holdouts="ring", finetune_steps="0,2",
+                        unsafe_repeats=1, benign_repeats=1, sample_steps=2)
+    result = tax.main(cfg)
+    given, base = result["runs/base"], result["base"]
+    assert given["evals"] == base["evals"] and given["star"] == base["star"]  # the same weights, the same numbers
+    assert given["loo"] == {} and not list(Path("runs").glob("tax_*"))
+    md = Path("runs/tax/tax.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| runs/base |"))
+    head = next(line for line in md.splitlines() if line.startswith("| defence |"))
+    assert row.count(" | ") == head.count(" | ") and " | - | - | " in row
+    assert "| runs/base | - |" in md  # the per-shape table has no left-out model for it
 
 
 def test_tax_trains_each_seed_and_each_left_out_shape_then_reuses_them(world, monkeypatch):
