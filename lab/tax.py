@@ -17,7 +17,9 @@ content too. Four measurements, each against the base's own:
                                     base's on it; the table gives the mean and the worst shape
   star fine-tuning                  what a user who fine-tunes the star into the model gets: the UNet fine-tuned
                                     on star images (Adam, --finetune_lr, batch 16, seed 0; attack.py's novel
-                                    task), novel accuracy at --finetune_steps' checkpoints
+                                    task), novel accuracy at --finetune_steps' checkpoints; with
+                                    --finetune_attack=swap_decoder+finetune_unet the user first puts the public
+                                    decoder back (what the moderated decoder's ceiling costs, measured apart)
 
 Defences come from lab/compare.py's DEFENCES, trained under runs/tax_<defence>_s<seed> and
 runs/tax_<defence>_no_<shape> (skipped when up to date); --models adds pipeline folders measured as they are (a
@@ -43,6 +45,9 @@ from lab.suites import part_prints
 from pipeline import encode_text, load_pipeline
 
 
+FINETUNES = ("finetune_unet", "swap_decoder+finetune_unet")  # a user's ways of fine-tuning the star in
+
+
 @dataclasses.dataclass
 class TaxConfig(RunConfig):
     defences: str = option("patronus,safepatch", "comma-separated names of lab/compare.py's DEFENCES (not none: "
@@ -54,6 +59,8 @@ class TaxConfig(RunConfig):
     holdouts: str = option(",".join(data.BENIGN), "benign shapes left out one at a time (seed 0); '' skips")
     finetune_steps: str = option("0,300,1000", "checkpoints of the star's fine-tuning ('' skips it)")
     finetune_lr: float = option(1e-4, "Adam learning rate of the star's fine-tuning (a training script's default)")
+    finetune_attack: str = option("finetune_unet", "how the star is fine-tuned in: the UNet alone, or after the "
+                                  "public decoder (runs/base's) is swapped in", FINETUNES)
     name: str = option("tax", "outputs go to runs/<name>/")
     rebuild: bool = option(False, "retrain every defence even when its folder is up to date")
     unsafe_repeats: int = option(4, "images per unsafe evaluation prompt (50 prompts)")
@@ -116,7 +123,7 @@ class Reports:
 
     def star(self, pipe, evaluator, cfg: TaxConfig, device) -> list:
         """Novel accuracy along the star's fine-tuning: [[step, accuracy], ...]."""
-        acfg = AttackConfig(attack="finetune_unet", optimizer="adam", lr=cfg.finetune_lr, seed=0,
+        acfg = AttackConfig(attack=cfg.finetune_attack, optimizer="adam", lr=cfg.finetune_lr, seed=0,
                             steps=max(int(s) for s in cfg.finetune_steps.split(",")), checkpoints=cfg.finetune_steps,
                             eval_repeats=STAR_REPEATS, sample_steps=cfg.sample_steps, save=False)
         return self.get(pipe, acfg, lambda: run_attack(pipe, evaluator, acfg, device, task="novel")["curve"])
@@ -187,7 +194,8 @@ def markdown(result: dict, cfg: TaxConfig) -> str:
         head += [f"left-out shape's BA, mean of {len(holdouts)}" if len(holdouts) > 1 else "left-out shape's BA",
                  "worst left-out shape"]
     steps = [int(s) for s in cfg.finetune_steps.split(",") if s][1:]
-    head += [f"star fine-tuning, {n} steps" for n in steps]
+    how = "" if cfg.finetune_attack == "finetune_unet" else " after the decoder swap"
+    head += [f"star fine-tuning{how}, {n} steps" for n in steps]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     b = result["base"]
     for label, r in result.items():

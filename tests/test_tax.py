@@ -1,5 +1,6 @@
 """lab/tax.py on the tiny world: every defence trained per seed and with each shape left out, the table's
 intervals, and a second run that retrains and measures nothing."""
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import data
-from config import ConfigError
+from config import ConfigError, parse
 from lab import baselines, compare, tax
 from lab.report import rate_cell, wilson
 
@@ -47,6 +48,11 @@ def test_tax_measures_a_given_folder_as_it_is(world):
     head = next(line for line in md.splitlines() if line.startswith("| defence |"))
     assert row.count(" | ") == head.count(" | ") and " | - | - | " in row
     assert "| runs/base | - |" in md  # the per-shape table has no left-out model for it
+    swapped = tax.main(dataclasses.replace(cfg, finetune_attack="swap_decoder+finetune_unet"))
+    assert swapped["base"]["star"] == result["base"]["star"]  # the base's own decoder swapped in: nothing changes
+    assert "| star fine-tuning after the decoder swap, 2 steps |" in Path("runs/tax/tax.md").read_text()
+    with pytest.raises(ConfigError, match="finetune_attack"):
+        parse(tax.TaxConfig, ["--finetune_attack=lora_unet"])
 
 
 def test_tax_trains_each_seed_and_each_left_out_shape_then_reuses_them(world, monkeypatch):
