@@ -257,6 +257,18 @@ RUNS = [
       for s in (0, 1, 2)],
     Run("gen4k_mod_s0", "7.7", "python moderator.py --moderator.n_generic=4096 --moderator.generic_filter=true "
         "--name=gen4k_mod_s0 && python evaluate.py --model=runs/gen4k_mod_s0 --name=gen4k_mod_s0", "runs/gen4k_mod_s0"),
+    # today's default without step 3 (section 5), and the star fine-tuned in after the decoder swap (section 7.8)
+    Run("mg_erase_s0", "5", "python nft_train.py --unlearn_steps=1000 --name=erasemg_s0", "runs/erasemg_s0"),
+    Run("mg_erase_basevae", "5", "python evaluate.py --model=runs/erasemg_s0 --vae=runs/base --name=erasemg_basevae",
+        "runs/erasemg_basevae"),
+    Run("mg_erase_quick", "5", "python -m lab.suites --model=runs/erasemg_s0 --suite=quick --benign=false "
+        "--name=erasemg_quick", "runs/erasemg_quick", ("attacks.json", "suite.json")),
+    Run("mg_tax_swap", "7.8", "mkdir -p runs/tax_swap && cp runs/tax/tax.json runs/tax_swap/ && python -m lab.tax "
+        "--defences= --models=runs/mixgen_s0,runs/mixgen_s1,runs/mixgen_s2 --seeds=0 --holdouts= "
+        "--finetune_attack=swap_decoder+finetune_unet --name=tax_swap", "runs/tax_swap", ("tax.json",)),
+    # all of distillation's prompts mixed (section 9)
+    *[Run(f"mg_mix100_s{s}", "9", f"python nft_train.py --mix_share=1.0 --seed={s} --name=mix100_s{s}", f"runs/mix100_s{s}")
+      for s in (0, 2)],
 ]
 # Two defaults changed after runs were recorded. A command that trains Patronus (or the decoder moderator), or
 # reads a model it trained, gives today's default when run now; one recorded before a switch ran the default of
@@ -511,6 +523,23 @@ def star_seeds_table(taxes: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def star_swap_table(taxes: list[dict], swapped: dict) -> str:
+    """The star fine-tuned into Patronus at each trained seed through its moderated decoder (lab.tax runs whose first
+    seed is that seed) and after the public decoder is swapped in (one lab.tax run with --models, in seed order)."""
+    n, after = 100, swapped["result"]  # lab.tax: 25 star prompts x STAR_REPEATS images per checkpoint
+    rows = ["| model | decoder ceiling on the star | moderated decoder, 300 steps | 1000 steps | "
+            "public decoder swapped in, 300 steps | 1000 steps |", "|---|---|---|---|---|---|"]
+    models = [m for m in after if m != "base"]
+    for label, r, swap in [("base", taxes[0]["result"]["base"], after["base"])] + [
+            (f"patronus, seed {t['run']['config']['seeds'].split(',')[0]}", t["result"]["patronus"], after[m])
+            for t, m in zip(taxes, models)]:
+        ceil = r["evals"][0]["decoder_ceiling_novel"]
+        cells = [rate_cell(dict(curve)[k] * n, n, 2, 2) for curve in (r["star"], swap["star"]) for k in (300, 1000)]
+        rows.append(f"| {label} | {rate_cell(ceil['accuracy'] * ceil['n'], ceil['n'], 2, 2)} | " + " | ".join(cells)
+                    + " |")
+    return "\n".join(rows)
+
+
 def tax_block(tax: dict, head: str = "| defence | BA") -> str:
     """One block of the tax's Markdown, the one that starts with `head` (by default the table of the defences)."""
     return next(b for b in tax_table(tax).split("\n\n") if b.startswith(head))
@@ -713,6 +742,18 @@ TABLES = {
     "generic-filter-ring": (["gen3_no_ring"], lambda R: report_table(_reports(R), VARIANTS)),
     "generic-filter-seeds": ([f"gen3_s{s}" for s in range(3)], lambda R: seeds_table(trained_seeds(
         [R[f"gen3_s{s}"]["report.json"] for s in range(3)]))),
+    "no-step-3": (["mg_s0", "mg_erase_s0", "mg_erase_basevae"], lambda R: report_table({
+        "today's default (`mg_s0`)": R["mg_s0"]["report.json"], "without step 3 (`erasemg_s0`)":
+        R["mg_erase_s0"]["report.json"], "its UNet behind the public decoder": R["mg_erase_basevae"]["report.json"]},
+        SEED_ROWS)),
+    "no-step-3-quick": (["mg_quick", "mg_erase_quick"], lambda R: suite_pair({
+        "today's default": R["mg_quick"]["attacks.json"], "without step 3": R["mg_erase_quick"]["attacks.json"]})),
+    "star-swap": (["mg_tax", "mg_tax_s1", "mg_tax_s2", "mg_tax_swap"], lambda R: star_swap_table(
+        [R[k]["tax.json"] for k in ("mg_tax", "mg_tax_s1", "mg_tax_s2")], R["mg_tax_swap"]["tax.json"])),
+    "mix-all": (["mg_s0", "mg_mix100_s0", "mixgen_s2", "mg_mix100_s2"], lambda R: report_table({
+        "seed 0, today's (half mixed)": R["mg_s0"]["report.json"], "seed 0, all mixed": R["mg_mix100_s0"]["report.json"],
+        "seed 2, today's (half mixed)": R["mixgen_s2"]["report.json"],
+        "seed 2, all mixed": R["mg_mix100_s2"]["report.json"]}, SEED_ROWS)),
     "generic-tax": (["gen_tax"], lambda R: tax_table(R["gen_tax"]["tax.json"]).split("\n\nEach shape's nearest")[0]),
 }
 
