@@ -266,6 +266,12 @@ RUNS = [
     Run("mg_tax_swap", "7.8", "mkdir -p runs/tax_swap && cp runs/tax/tax.json runs/tax_swap/ && python -m lab.tax "
         "--defences= --models=runs/mixgen_s0,runs/mixgen_s1,runs/mixgen_s2 --seeds=0 --holdouts= "
         "--finetune_attack=swap_decoder+finetune_unet --name=tax_swap", "runs/tax_swap", ("tax.json",)),
+    # the 1200-step moderator of section 7.7 (runs/mgst_s*): the star's fine-tuning and the quick suite
+    Run("mg_tax_st", "7.7", "mkdir -p runs/tax_st && cp runs/tax/tax.json runs/tax_st/ && python -m lab.tax "
+        "--defences= --models=runs/mgst_s0,runs/mgst_s1,runs/mgst_s2 --seeds=0 --holdouts= --name=tax_st",
+        "runs/tax_st", ("tax.json",)),
+    Run("mg_st_quick", "7.7", "python -m lab.suites --model=runs/mgst_s0 --suite=quick --benign=false "
+        "--name=mgst_quick", "runs/mgst_quick", ("attacks.json", "suite.json")),
     # all of distillation's prompts mixed (section 9)
     *[Run(f"mg_mix100_s{s}", "9", f"python nft_train.py --mix_share=1.0 --seed={s} --name=mix100_s{s}", f"runs/mix100_s{s}")
       for s in (0, 2)],
@@ -540,6 +546,18 @@ def star_swap_table(taxes: list[dict], swapped: dict) -> str:
     return "\n".join(rows)
 
 
+def star_pooled_table(groups: dict[str, list[list]], n: int = 100) -> str:
+    """The star's fine-tuning after 300 and 1000 steps, one row per model ({label: [its lab.tax star curve, ...]},
+    one curve per trained seed), the seeds' images pooled; n images per checkpoint and curve."""
+    rows = ["| model | seeds | star fine-tuning, 300 steps | 1000 steps | per seed, 1000 steps |", "|---|---|---|---|---|"]
+    for label, curves in groups.items():
+        at = {k: [dict(c)[k] for c in curves] for k in (300, 1000)}
+        rows.append(f"| {label} | {len(curves)} | " + " | ".join(rate_cell(sum(v) * n, len(v) * n, 2)
+                                                                for v in at.values())
+                    + " | " + " / ".join(f"{v:.2f}" for v in at[1000]) + " |")
+    return "\n".join(rows)
+
+
 def tax_block(tax: dict, head: str = "| defence | BA") -> str:
     """One block of the tax's Markdown, the one that starts with `head` (by default the table of the defences)."""
     return next(b for b in tax_table(tax).split("\n\n") if b.startswith(head))
@@ -750,6 +768,13 @@ TABLES = {
         "today's default": R["mg_quick"]["attacks.json"], "without step 3": R["mg_erase_quick"]["attacks.json"]})),
     "star-swap": (["mg_tax", "mg_tax_s1", "mg_tax_s2", "mg_tax_swap"], lambda R: star_swap_table(
         [R[k]["tax.json"] for k in ("mg_tax", "mg_tax_s1", "mg_tax_s2")], R["mg_tax_swap"]["tax.json"])),
+    "star-candidates": (["mg_tax", "mg_tax_s1", "mg_tax_s2", "mg_tax_st"], lambda R: star_pooled_table({
+        "base": [R["mg_tax"]["tax.json"]["result"]["base"]["star"]],
+        "today's (600 steps)": [R[k]["tax.json"]["result"]["patronus"]["star"] for k in ("mg_tax", "mg_tax_s1",
+                                                                                          "mg_tax_s2")],
+        "1200 steps": [R["mg_tax_st"]["tax.json"]["result"][f"runs/mgst_s{s}"]["star"] for s in range(3)]})),
+    "star-candidates-quick": (["mg_quick", "mg_st_quick"], lambda R: suite_pair({
+        "today's (600 steps)": R["mg_quick"]["attacks.json"], "1200 steps": R["mg_st_quick"]["attacks.json"]})),
     "mix-all": (["mg_s0", "mg_mix100_s0", "mixgen_s2", "mg_mix100_s2"], lambda R: report_table({
         "seed 0, today's (half mixed)": R["mg_s0"]["report.json"], "seed 0, all mixed": R["mg_mix100_s0"]["report.json"],
         "seed 2, today's (half mixed)": R["mixgen_s2"]["report.json"],
