@@ -515,38 +515,42 @@ def suite_pair(suites: dict[str, list[dict]], model: str = "defended", n: int = 
     return "\n".join(lines)
 
 
+STAR_N = 100  # lab.tax: 25 star prompts x STAR_REPEATS images per checkpoint of the star's fine-tuning
+
+
+def _star_rows(taxes: list[dict]) -> list[tuple[str, dict]]:
+    """(label, result row) of the base and of Patronus at each trained seed (lab.tax runs whose first seed is it)."""
+    return [("base", taxes[0]["result"]["base"])] + [(f"patronus, seed {t['run']['config']['seeds'].split(',')[0]}",
+                                                      t["result"]["patronus"]) for t in taxes]
+
+
+def _star_cells(r: dict, swapped: dict | None = None) -> str:
+    """A row's decoder ceiling on the star, then its star fine-tuning at 300 and 1000 steps (and swapped's)."""
+    ceil = r["evals"][0]["decoder_ceiling_novel"]
+    curves = [r["star"]] + ([swapped["star"]] if swapped else [])
+    return " | ".join([rate_cell(ceil["accuracy"] * ceil["n"], ceil["n"], 2, 2)] + [
+        rate_cell(dict(c)[k] * STAR_N, STAR_N, 2, 2) for c in curves for k in (300, 1000)])
+
+
 def star_seeds_table(taxes: list[dict]) -> str:
-    """The star's fine-tuning on Patronus trained at each seed (lab.tax runs whose first seed is that seed), beside
-    its decoder's ceiling on the star, and the base's."""
-    base, n = taxes[0]["result"]["base"], 100  # lab.tax: 25 star prompts x STAR_REPEATS images per checkpoint
+    """The star's fine-tuning on Patronus trained at each seed, beside its decoder's ceiling on the star, and the
+    base's."""
     rows = ["| model | decoder ceiling on the star | star fine-tuning, 300 steps | star fine-tuning, 1000 steps |",
             "|---|---|---|---|"]
-    for label, r in [("base", base)] + [(f"patronus, seed {t['run']['config']['seeds'].split(',')[0]}",
-                                         t["result"]["patronus"]) for t in taxes]:
-        curve, ceil = dict(r["star"]), r["evals"][0]["decoder_ceiling_novel"]
-        rows.append(f"| {label} | {rate_cell(ceil['accuracy'] * ceil['n'], ceil['n'], 2, 2)} | "
-                    + " | ".join(rate_cell(curve[k] * n, n, 2, 2) for k in (300, 1000)) + " |")
-    return "\n".join(rows)
+    return "\n".join(rows + [f"| {label} | {_star_cells(r)} |" for label, r in _star_rows(taxes)])
 
 
 def star_swap_table(taxes: list[dict], swapped: dict) -> str:
-    """The star fine-tuned into Patronus at each trained seed through its moderated decoder (lab.tax runs whose first
-    seed is that seed) and after the public decoder is swapped in (one lab.tax run with --models, in seed order)."""
-    n, after = 100, swapped["result"]  # lab.tax: 25 star prompts x STAR_REPEATS images per checkpoint
+    """star_seeds_table's rows, and the same fine-tuning after the public decoder is swapped in (swapped: one
+    lab.tax run with --models, the trained seeds' folders in seed order)."""
+    after = [r for label, r in swapped["result"].items() if label != "base"]
     rows = ["| model | decoder ceiling on the star | moderated decoder, 300 steps | 1000 steps | "
             "public decoder swapped in, 300 steps | 1000 steps |", "|---|---|---|---|---|---|"]
-    models = [m for m in after if m != "base"]
-    for label, r, swap in [("base", taxes[0]["result"]["base"], after["base"])] + [
-            (f"patronus, seed {t['run']['config']['seeds'].split(',')[0]}", t["result"]["patronus"], after[m])
-            for t, m in zip(taxes, models)]:
-        ceil = r["evals"][0]["decoder_ceiling_novel"]
-        cells = [rate_cell(dict(curve)[k] * n, n, 2, 2) for curve in (r["star"], swap["star"]) for k in (300, 1000)]
-        rows.append(f"| {label} | {rate_cell(ceil['accuracy'] * ceil['n'], ceil['n'], 2, 2)} | " + " | ".join(cells)
-                    + " |")
-    return "\n".join(rows)
+    return "\n".join(rows + [f"| {label} | {_star_cells(r, s)} |" for (label, r), s in
+                             zip(_star_rows(taxes), [swapped["result"]["base"]] + after)])
 
 
-def star_pooled_table(groups: dict[str, list[list]], n: int = 100) -> str:
+def star_pooled_table(groups: dict[str, list[list]], n: int = STAR_N) -> str:
     """The star's fine-tuning after 300 and 1000 steps, one row per model ({label: [its lab.tax star curve, ...]},
     one curve per trained seed), the seeds' images pooled; n images per checkpoint and curve."""
     rows = ["| model | seeds | star fine-tuning, 300 steps | 1000 steps | per seed, 1000 steps |", "|---|---|---|---|---|"]
