@@ -73,10 +73,6 @@ class TaxConfig(RunConfig):
             if bad or not (self.defences or self.models):
                 raise ConfigError(f"--defences: {f'unknown {bad[0]!r}' if bad else 'give one, or --models'}; choose "
                                   f"from {', '.join(d for d in DEFENCES if d != 'none')}")
-        if isinstance(self.models, str):
-            for folder in [m for m in self.models.split(",") if m]:
-                if not (Path(folder) / "model_index.json").is_file():
-                    raise ConfigError(f"--models: {folder} is not a pipeline folder (it has no model_index.json)")
         if isinstance(self.holdouts, str) and self.holdouts:
             for shape in self.holdouts.split(","):
                 try:
@@ -223,6 +219,9 @@ def markdown(result: dict, cfg: TaxConfig) -> str:
 
 def main(cfg: TaxConfig):
     """Train what is missing, measure every defence's tax and the base's, write runs/<name>/tax.json, tax.md."""
+    for folder in [m for m in cfg.models.split(",") if m]:  # before any work
+        if not (Path(folder) / "model_index.json").is_file():
+            raise ConfigError(f"--models: {folder} is not a pipeline folder (it has no model_index.json)")
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     out = Path("runs") / cfg.name

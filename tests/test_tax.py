@@ -31,8 +31,6 @@ def test_tax_options_are_checked():
         tax.TaxConfig(seeds="0,one")
     with pytest.raises(ConfigError, match="--defences: give one"):
         tax.TaxConfig(defences="")
-    with pytest.raises(ConfigError, match="--models: runs/nowhere is not a pipeline folder"):
-        tax.TaxConfig(models="runs/nowhere")
 
 
 def test_tax_measures_a_given_folder_as_it_is(world):
@@ -53,6 +51,8 @@ def test_tax_measures_a_given_folder_as_it_is(world):
     assert "| star fine-tuning after the decoder swap, 2 steps |" in Path("runs/tax/tax.md").read_text()
     with pytest.raises(ConfigError, match="finetune_attack"):
         parse(tax.TaxConfig, ["--finetune_attack=lora_unet"])
+    with pytest.raises(ConfigError, match="--models: runs/nowhere is not a pipeline folder"):
+        tax.main(dataclasses.replace(cfg, models="runs/base,runs/nowhere"))
 
 
 def test_tax_trains_each_seed_and_each_left_out_shape_then_reuses_them(world, monkeypatch):
