@@ -272,6 +272,9 @@ RUNS = [
         "runs/tax_st", ("tax.json",)),
     Run("mg_st_quick", "7.7", "python -m lab.suites --model=runs/mgst_s0 --suite=quick --benign=false "
         "--name=mgst_quick", "runs/mgst_quick", ("attacks.json", "suite.json")),
+    *[Run(f"mg_{n}_s{s}", "7.7", f"python moderator.py {o}--seed={s} --name={f}_s{s} && python evaluate.py "
+          f"--model=runs/{f}_s{s} --name={f}_s{s} --seed={s}", f"runs/{f}_s{s}")
+      for n, o, f in (("mod", "", "mgmod"), ("steps1200", "--moderator.steps=1200 ", "steps1200_mod")) for s in (1, 2)],
     # all of distillation's prompts mixed (section 9)
     *[Run(f"mg_mix100_s{s}", "9", f"python nft_train.py --mix_share=1.0 --seed={s} --name=mix100_s{s}", f"runs/mix100_s{s}")
       for s in (0, 2)],
@@ -777,6 +780,11 @@ TABLES = {
         "today's (600 steps)": [R[k]["tax.json"]["result"]["patronus"]["star"] for k in ("mg_tax", "mg_tax_s1",
                                                                                           "mg_tax_s2")],
         "1200 steps": [R["mg_tax_st"]["tax.json"]["result"][f"runs/mgst_s{s}"]["star"] for s in range(3)]})),
+    "moderator-steps-seeds": (["gen3_mod_s0", "mg_steps1200", "mg_mod_s1", "mg_steps1200_s1", "mg_mod_s2",
+                               "mg_steps1200_s2"], lambda R: report_table({
+        f"seed {s}, {steps} steps": R[k]["report.json"] for s, steps, k in (
+            (0, 600, "gen3_mod_s0"), (0, 1200, "mg_steps1200"), (1, 600, "mg_mod_s1"), (1, 1200, "mg_steps1200_s1"),
+            (2, 600, "mg_mod_s2"), (2, 1200, "mg_steps1200_s2"))}, MODERATOR, "moderator")),
     "star-candidates-quick": (["mg_quick", "mg_st_quick"], lambda R: suite_pair({
         "today's (600 steps)": R["mg_quick"]["attacks.json"], "1200 steps": R["mg_st_quick"]["attacks.json"]})),
     "mix-all": (["mg_s0", "mg_mix100_s0", "mixgen_s2", "mg_mix100_s2"], lambda R: report_table({
