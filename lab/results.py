@@ -56,6 +56,12 @@ class Run:
     commit: str = ""  # set: the code has left main; the campaign cannot run it, `git checkout <commit>` can
 
 
+def _cached_tax(name: str, section: str, folder: str, options: str) -> Run:
+    """A lab.tax run into runs/<folder> that starts from section 7.4's evaluation cache (runs/tax/tax.json)."""
+    return Run(name, section, f"mkdir -p runs/{folder} && cp runs/tax/tax.json runs/{folder}/ && python -m lab.tax "
+               f"{options} --name={folder}", f"runs/{folder}", ("tax.json",))
+
+
 RUNS = [
     Run("eval_base", "1.1", "python evaluate.py --model=runs/base", "runs/base"),
     Run("eval_never_learned", "1.1", "python evaluate.py --unet=runs/never_learned --name=never_learned",
@@ -230,9 +236,7 @@ RUNS = [
     # today's default, mixed prompts and filtered generic pictures (sections 2.1, 2.2, 4.2, 7.4 and 7.7)
     Run("mg_s0", "2.1", "python nft_train.py --name=mg_s0", "runs/mg_s0"),
     Run("mg_tax", "7.4", "python -m lab.tax --defences=patronus,safepatch", "runs/tax", ("tax.json",)),
-    *[Run(f"mg_tax_s{s}", "7.4", f"mkdir -p runs/tax_s{s} && cp runs/tax/tax.json runs/tax_s{s}/ && python -m lab.tax "
-          f"--defences=patronus --seeds={s} --holdouts= --name=tax_s{s}", f"runs/tax_s{s}", ("tax.json",))
-      for s in (1, 2)],
+    *[_cached_tax(f"mg_tax_s{s}", "7.4", f"tax_s{s}", f"--defences=patronus --seeds={s} --holdouts=") for s in (1, 2)],
     Run("mg_quick", "4.2", "python -m lab.suites --model=runs/mixgen_s0 --suite=quick --benign=false "
         "--name=mixgen_quick", "runs/mixgen_quick", ("attacks.json", "suite.json")),
     *[Run(f"mg_{n}", "7.7", f"python moderator.py {o} --name={n}_mod_s0 && python evaluate.py --model=runs/{n}_mod_s0 "
@@ -263,13 +267,11 @@ RUNS = [
         "runs/erasemg_basevae"),
     Run("mg_erase_quick", "5", "python -m lab.suites --model=runs/erasemg_s0 --suite=quick --benign=false "
         "--name=erasemg_quick", "runs/erasemg_quick", ("attacks.json", "suite.json")),
-    Run("mg_tax_swap", "7.8", "mkdir -p runs/tax_swap && cp runs/tax/tax.json runs/tax_swap/ && python -m lab.tax "
-        "--defences= --models=runs/mixgen_s0,runs/mixgen_s1,runs/mixgen_s2 --seeds=0 --holdouts= "
-        "--finetune_attack=swap_decoder+finetune_unet --name=tax_swap", "runs/tax_swap", ("tax.json",)),
+    _cached_tax("mg_tax_swap", "7.8", "tax_swap", "--defences= --models=runs/mixgen_s0,runs/mixgen_s1,runs/mixgen_s2 "
+                "--seeds=0 --holdouts= --finetune_attack=swap_decoder+finetune_unet"),
     # the 1200-step moderator of section 7.7 (runs/mgst_s*): the star's fine-tuning and the quick suite
-    Run("mg_tax_st", "7.7", "mkdir -p runs/tax_st && cp runs/tax/tax.json runs/tax_st/ && python -m lab.tax "
-        "--defences= --models=runs/mgst_s0,runs/mgst_s1,runs/mgst_s2 --seeds=0 --holdouts= --name=tax_st",
-        "runs/tax_st", ("tax.json",)),
+    _cached_tax("mg_tax_st", "7.7", "tax_st", "--defences= --models=runs/mgst_s0,runs/mgst_s1,runs/mgst_s2 --seeds=0 "
+                "--holdouts="),
     Run("mg_st_quick", "7.7", "python -m lab.suites --model=runs/mgst_s0 --suite=quick --benign=false "
         "--name=mgst_quick", "runs/mgst_quick", ("attacks.json", "suite.json")),
     *[Run(f"mg_{n}_s{s}", "7.7", f"python moderator.py {o}--seed={s} --name={f}_s{s} && python evaluate.py "
@@ -546,11 +548,10 @@ def star_seeds_table(taxes: list[dict]) -> str:
 def star_swap_table(taxes: list[dict], swapped: dict) -> str:
     """star_seeds_table's rows, and the same fine-tuning after the public decoder is swapped in (swapped: one
     lab.tax run with --models, the trained seeds' folders in seed order)."""
-    after = [r for label, r in swapped["result"].items() if label != "base"]
     rows = ["| model | decoder ceiling on the star | moderated decoder, 300 steps | 1000 steps | "
             "public decoder swapped in, 300 steps | 1000 steps |", "|---|---|---|---|---|---|"]
     return "\n".join(rows + [f"| {label} | {_star_cells(r, s)} |" for (label, r), s in
-                             zip(_star_rows(taxes), [swapped["result"]["base"]] + after)])
+                             zip(_star_rows(taxes), swapped["result"].values())])  # (its base row comes first)
 
 
 def star_pooled_table(groups: dict[str, list[list]], n: int = STAR_N) -> str:
@@ -611,6 +612,7 @@ def _entries(R: dict) -> list[dict]:
 
 
 TODAY = ("mg_s0", "mixgen_s1", "mixgen_s2")  # today's default at seeds 0, 1, 2
+TAX_TODAY = ("mg_tax", "mg_tax_s1", "mg_tax_s2")  # lab.tax on today's default, first seed 0, 1, 2 (star fine-tuning)
 # two moderator options on today's UNets, seeds 0, 1, 2 (section 7.7)
 CANDIDATES = {"today's": TODAY, "w_cal 30": tuple(f"mg_cal30_s{s}" for s in range(3)),
               "1200 steps": tuple(f"mg_st_s{s}" for s in range(3))}
@@ -635,7 +637,7 @@ TABLES = {
     "tax-headline": (["mg_tax"], lambda R: tax_block(R["mg_tax"]["tax.json"])),
     "tax-mix": (["mix_tax"], lambda R: tax_blocks(R["mix_tax"]["tax.json"])),
     "tax-open": (["tax"], lambda R: tax_blocks(R["tax"]["tax.json"])),
-    "tax-star-seeds": (["mg_tax", "mg_tax_s1", "mg_tax_s2"], lambda R: star_seeds_table(
+    "tax-star-seeds": (list(TAX_TODAY), lambda R: star_seeds_table(
         [r["tax.json"] for r in R.values()])),
     "tax-star-seeds-mix": (["mix_tax", "mix_tax_s1", "mix_tax_s2"], lambda R: star_seeds_table(
         [r["tax.json"] for r in R.values()])),
@@ -773,12 +775,11 @@ TABLES = {
         SEED_ROWS)),
     "no-step-3-quick": (["mg_quick", "mg_erase_quick"], lambda R: suite_pair({
         "today's default": R["mg_quick"]["attacks.json"], "without step 3": R["mg_erase_quick"]["attacks.json"]})),
-    "star-swap": (["mg_tax", "mg_tax_s1", "mg_tax_s2", "mg_tax_swap"], lambda R: star_swap_table(
-        [R[k]["tax.json"] for k in ("mg_tax", "mg_tax_s1", "mg_tax_s2")], R["mg_tax_swap"]["tax.json"])),
-    "star-candidates": (["mg_tax", "mg_tax_s1", "mg_tax_s2", "mg_tax_st"], lambda R: star_pooled_table({
+    "star-swap": ([*TAX_TODAY, "mg_tax_swap"], lambda R: star_swap_table(
+        [R[k]["tax.json"] for k in TAX_TODAY], R["mg_tax_swap"]["tax.json"])),
+    "star-candidates": ([*TAX_TODAY, "mg_tax_st"], lambda R: star_pooled_table({
         "base": [R["mg_tax"]["tax.json"]["result"]["base"]["star"]],
-        "today's (600 steps)": [R[k]["tax.json"]["result"]["patronus"]["star"] for k in ("mg_tax", "mg_tax_s1",
-                                                                                          "mg_tax_s2")],
+        "today's (600 steps)": [R[k]["tax.json"]["result"]["patronus"]["star"] for k in TAX_TODAY],
         "1200 steps": [R["mg_tax_st"]["tax.json"]["result"][f"runs/mgst_s{s}"]["star"] for s in range(3)]})),
     "moderator-steps-seeds": (["gen3_mod_s0", "mg_steps1200", "mg_mod_s1", "mg_steps1200_s1", "mg_mod_s2",
                                "mg_steps1200_s2"], lambda R: report_table({
